@@ -1,0 +1,207 @@
+"""One network for every family: stem -> blocks -> head, built from a paper table.
+
+``ModelConfig`` is everything needed to rebuild a model; it travels with checkpoints and
+exports. Its ``expand_rule``/``head_rule``/``stem_scaled`` fields reproduce the small ways in
+which reference implementations round channels at widths other than 1.0.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from .blocks import DepthwiseSeparable, InvertedResidual, SandGlass
+from .layers import ConvNormAct, create_act, make_divisible
+from .specs import FAMILIES, FamilySpec, Row
+
+CIFAR_STEM_STRIDES = 3  # the PyTorch MobileNetV3 seed: stride 1 in the stem and the next two stride-2 layers
+
+
+@dataclass
+class ModelConfig:
+    family: str
+    width: float = 1.0
+    num_classes: int = 1000
+    in_chans: int = 3
+    resolution: int = 224
+    dropout: float | None = None       # None: the family's default
+    cifar_stem: int = 0                # how many leading stride-2 layers become stride 1 (True -> 3)
+    tf_same: bool = False              # TF "same" padding on strided convs (TF-trained weights)
+    bn_eps: float | None = None        # None: the family's default
+    identity_mult: float = 1.0         # MobileNeXt: fraction of channels on the shortcut
+    stem_scaled: bool | None = None    # None: the family's default
+    expand_rule: str = "ratio"         # V3: "ratio" (TF, Keras, timm) or "scale" (torchvision)
+    head_rule: str = "keep_for_thin"   # "keep_for_thin" (TF, Keras, timm) or "scale" (torchvision V3)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.cifar_stem is True:
+            self.cifar_stem = CIFAR_STEM_STRIDES
+        self.cifar_stem = int(self.cifar_stem or 0)
+        self.validate()
+
+    @property
+    def spec(self) -> FamilySpec:
+        return FAMILIES[self.family]
+
+    @property
+    def output_stride(self) -> int:
+        strides = [2] + [r.stride for r in self.spec.rows]
+        return 2 ** max(sum(1 for s in strides if s == 2) - self.cifar_stem, 0)
+
+    def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise UsageError(f"unknown family {self.family!r}; known: {', '.join(FAMILIES)}")
+        checks = [
+            (self.width > 0, f"width must be > 0, got {self.width}"),
+            (self.num_classes > 0, f"num_classes must be > 0, got {self.num_classes}"),
+            (self.in_chans > 0, f"in_chans must be > 0, got {self.in_chans}"),
+            (0 < self.identity_mult <= 1, f"identity_mult must be in (0, 1], got {self.identity_mult}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.cifar_stem >= 0, f"cifar_stem must be >= 0, got {self.cifar_stem}"),
+            (self.expand_rule in ("ratio", "scale"), f"expand_rule must be 'ratio' or 'scale': {self.expand_rule!r}"),
+            (self.head_rule in ("keep_for_thin", "scale"), f"head_rule must be 'keep_for_thin' or 'scale': "
+                                                           f"{self.head_rule!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        if self.resolution < self.output_stride:
+            raise UsageError(f"resolution {self.resolution} is too small for {self.family}: its strides "
+                             f"need at least {self.output_stride} pixels")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def replace(self, **changes) -> ModelConfig:
+        return replace(self, **changes)
+
+
+class MobileNet(nn.Module):
+    """Any MobileNet: ``stem -> blocks -> head -> pool -> [pre_logits] -> dropout -> classifier``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        spec, w = config.spec, config.width
+        eps = config.bn_eps if config.bn_eps is not None else spec.bn_eps
+        dropout = config.dropout if config.dropout is not None else spec.dropout
+        strides = _strides(config.cifar_stem)
+        kw = dict(bn_eps=eps, tf_same=config.tf_same)
+
+        def ch(c: float, keep_for_thin: bool = False) -> int:
+            wc = max(w, 1.0) if keep_for_thin else w
+            if spec.rounding == "floor":
+                return max(int(c * wc), 8)
+            return make_divisible(c * wc)
+
+        stem_scaled = spec.stem_scaled if config.stem_scaled is None else config.stem_scaled
+        cin = ch(spec.stem) if stem_scaled else spec.stem
+        self.stem = ConvNormAct(config.in_chans, cin, 3, next(strides), act=spec.stem_act, **kw)
+
+        blocks, base_in = [], spec.stem
+        for row in spec.rows:
+            for i in range(row.repeat):
+                table_stride = row.stride if i == 0 else 1
+                stride = next(strides) if table_stride == 2 else 1
+                cout = ch(row.out, row.keep_for_thin)
+                blocks.append(self._block(row, cin, cout, base_in, table_stride, stride, i, kw))
+                cin, base_in = cout, row.out
+        self.blocks = nn.Sequential(*blocks)
+
+        if spec.head or spec.head_ratio:
+            keep = spec.head_keep_for_thin and config.head_rule == "keep_for_thin"
+            head = ch(spec.head, keep) if spec.head else make_divisible(cin * spec.head_ratio)
+            self.head = ConvNormAct(cin, head, 1, act=spec.head_act, bn_eps=eps)
+            cin = head
+        else:
+            self.head = nn.Identity()
+        self.num_features = cin
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        if spec.pre_logits:
+            keep = config.head_rule == "keep_for_thin" and w <= 1
+            hidden = spec.pre_logits if keep else make_divisible(spec.pre_logits * w)
+            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(cin, hidden),
+                                                        act=create_act(spec.pre_logits_act)))
+            cin = hidden
+        else:
+            self.pre_logits = nn.Identity()
+        self.head_hidden_size = cin
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(cin, config.num_classes)
+        _init_weights(self)
+
+    def _block(self, row: Row, cin: int, cout: int, base_in: int, table_stride: int, stride: int,
+               index: int, kw: dict) -> nn.Module:
+        cfg = self.config
+        if row.block == "ds":
+            return DepthwiseSeparable(cin, cout, row.kernel, stride, act=row.act, **kw)
+        if row.block == "ir":
+            if row.exp is not None and cfg.expand_rule == "scale":
+                mid = make_divisible(row.exp * cfg.width)
+            else:
+                ratio = row.t if row.t is not None else row.exp / base_in
+                mid = cin if ratio == 1 else make_divisible(cin * ratio) if row.exp is not None else round(cin * ratio)
+            return InvertedResidual(cin, mid, cout, row.kernel, stride, act=row.act, se=row.se, **kw)
+        if row.block == "sg":
+            # Layout rules of the official MobileNeXt code.
+            hidden = cin // int(row.t)
+            if hidden < cout / 6:
+                hidden = make_divisible(math.ceil(cout / 6), 16)
+            keep_3x3 = row.repeat == 1 and row.stride == 1
+            full = row.t == 2 or cin == cout or keep_3x3
+            identity = 0
+            if cin == cout and table_stride == 1 and not keep_3x3 and row.t != 2:
+                identity = max(1, round(cout * cfg.identity_mult))
+            return SandGlass(cin, hidden, cout, stride, dw_first=full, dw_last=full or table_stride == 2,
+                             identity=identity, act=row.act, **kw)
+        raise ValueError(f"unknown block type {row.block!r}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(torch.flatten(self.pool(x), 1))
+        return x if pre_logits else self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for ``num_classes`` (fine-tuning); the rest is kept."""
+        self.classifier = nn.Linear(self.head_hidden_size, num_classes)
+        nn.init.normal_(self.classifier.weight, 0, 0.01)
+        nn.init.zeros_(self.classifier.bias)
+        self.config = self.config.replace(num_classes=num_classes)
+
+
+def _strides(cifar_stem: int):
+    """Yield the stride of each stride-2 layer in order, the first ``cifar_stem`` made 1."""
+    n = 0
+    while True:
+        n += 1
+        yield 1 if n <= cifar_stem else 2
+
+
+def _init_weights(model: nn.Module) -> None:
+    """The initialisation of the official PyTorch ports (He for convs, N(0, 0.01) for linear)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
