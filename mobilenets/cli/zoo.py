@@ -1,0 +1,73 @@
+"""Verbs that describe the zoo: ``list`` and ``profile``."""
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from ..measure.profile import profile as profile_model
+from ..models import VARIANTS, create_model, get_variant, list_models
+from . import console
+
+
+def _m(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def list_cmd(pattern: str = typer.Argument("*", help="shell pattern or substring, e.g. 'v3*' or 'mobilenext'"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """Every variant with its published MACs, params and ImageNet top-1."""
+    names = list_models(pattern)
+    rows = [VARIANTS[n] for n in names]
+    if as_json:
+        print(json.dumps([v.__dict__ for v in rows], indent=1))
+        return
+    table = Table(title=f"{len(rows)} MobileNet variants (published figures, ImageNet)")
+    for col in ("name", "width", "res", "MACs M", "params M", "top-1", "source"):
+        table.add_column(col, justify="left" if col in ("name", "source") else "right", no_wrap=col == "name")
+    for v in rows:
+        table.add_row(v.name, f"{v.width:g}", str(v.resolution), _m(v.macs_m, 0), _m(v.params_m, 2),
+                      _m(v.top1), v.source)
+    console.print(table)
+
+
+def profile_cmd(
+    name: str = typer.Argument(..., help="model name, see `mobilenets list`"),
+    width: float = typer.Option(None, help="width multiplier (base names only)"),
+    resolution: int = typer.Option(None, help="input resolution (default: the variant's)"),
+    cifar_stem: bool = typer.Option(False, "--cifar-stem", help="stride 1 in the first layers (32x32 inputs)"),
+    num_classes: int = typer.Option(1000, help="classifier outputs"),
+    identity_mult: float = typer.Option(1.0, help="MobileNeXt identity tensor multiplier"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Per-layer MACs, params and activation memory of one model, with totals."""
+    variant = get_variant(name)
+    kwargs = dict(cifar_stem=cifar_stem, num_classes=num_classes)
+    if identity_mult != 1.0:
+        kwargs["identity_mult"] = identity_mult
+    model = create_model(name, width=width, resolution=resolution, **kwargs)
+    prof = profile_model(model, name=name)
+    if as_json:
+        print(json.dumps(prof.to_dict(), indent=1))
+        return
+    table = Table(title=f"{name} width {model.config.width:g} at {prof.resolution}x{prof.resolution}")
+    for col in ("#", "layer", "type", "output", "MACs", "params", "act. memory"):
+        table.add_column(col, justify="left" if col in ("layer", "type", "output") else "right")
+    for i, lay in enumerate(prof.layers):
+        table.add_row(str(i), lay.name, lay.type, "x".join(map(str, lay.output_shape[1:])), f"{lay.macs:,}",
+                      f"{lay.params:,}", f"{lay.memory / 1024:,.0f} KiB")
+    console.print(table)
+    totals = Table(show_header=False, title="totals")
+    totals.add_row("MACs", f"{prof.macs / 1e6:.1f} M", f"published {_m(variant.macs_m, 0)} M" if variant.macs_m
+                   and width is None and resolution in (None, variant.resolution) and num_classes == 1000 else "")
+    totals.add_row("params", f"{prof.params / 1e6:.3f} M", f"published {_m(variant.params_m, 2)} M"
+                   if variant.params_m and width is None and num_classes == 1000 else "")
+    totals.add_row("peak activation memory", f"{prof.peak_memory / 2**20:.2f} MiB", "fp32, batch 1")
+    totals.add_row("peak while a shortcut is held", f"{prof.shortcut_peak_memory / 2**20:.2f} MiB", "")
+    console.print(totals)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(list_cmd)
+    app.command("profile")(profile_cmd)
