@@ -1,0 +1,96 @@
+"""MACs and params reproduce the published tables; activation memory behaves as MobileNeXt says."""
+import pytest
+
+from mobilenets import VARIANTS, create_model
+from mobilenets.measure.profile import profile
+
+# Published figures the official code does not reproduce, with the reason (checked below so that
+# the documented gap cannot drift silently).
+KNOWN_GAPS = {
+    # the V1 table's own resolution scaling gives ~30M (34M contradicts 0.25_224 = 41M x (192/224)^2)
+    ("mobilenet_v1_025_192", "macs"): "table entry inconsistent with its row",
+    # the same architectures match at 224 and in params; at 96 pixels the TF table sits ~0.9M below
+    # a direct count for the two thinnest widths (5% and 8% of such small totals)
+    ("mobilenet_v2_050_96", "macs"): "TF table counts ~0.9M fewer at 96 px",
+    ("mobilenet_v2_035_96", "macs"): "TF table counts ~0.9M fewer at 96 px",
+}
+
+
+def _close(measured: float, published: float, rel: float) -> bool:
+    """Within ``rel``, or within the rounding of the published figure's last digit."""
+    digits = str(published)
+    unit = 10 ** -(len(digits.split(".")[1])) if "." in digits else 1
+    return abs(measured - published) <= max(rel * published, unit / 2)
+
+
+TABLE = [v for v in VARIANTS.values() if v.macs_m or v.params_m]
+
+
+@pytest.mark.parametrize("variant", [v for v in TABLE if v.family != "mobilenext"], ids=lambda v: v.name)
+def test_macs_and_params_match_published_tables(variant):
+    prof = profile(create_model(variant.name))
+    macs, params = prof.macs / 1e6, prof.params / 1e6
+    if variant.macs_m and (variant.name, "macs") not in KNOWN_GAPS:
+        assert _close(macs, variant.macs_m, 0.03), f"{variant.name}: {macs:.1f}M MACs vs {variant.macs_m}M"
+    if variant.params_m:
+        assert _close(params, variant.params_m, 0.03), f"{variant.name}: {params:.3f}M params vs {variant.params_m}M"
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_050_96", "mobilenet_v2_035_96"])
+def test_thin_v2_at_96_known_gap_stays_small(name):
+    macs = profile(create_model(name)).macs / 1e6
+    assert 0 < macs - VARIANTS[name].macs_m < 1.0
+
+
+def test_v1_025_192_follows_resolution_scaling_not_the_typo():
+    macs = profile(create_model("mobilenet_v1_025_192")).macs / 1e6
+    assert 29 < macs < 31
+
+
+@pytest.mark.parametrize("name", ["mobilenext_140", "mobilenext_100"])
+def test_mobilenext_matches_seed_table(name):
+    v = VARIANTS[name]
+    prof = profile(create_model(name))
+    assert abs(prof.macs / 1e6 / v.macs_m - 1) <= 0.05
+    assert abs(prof.params / 1e6 / v.params_m - 1) <= 0.05
+
+
+def test_v3_small_with_seed_cifar_stem_is_about_61m_macs():
+    prof = profile(create_model("mobilenet_v3_small", cifar_stem=True, resolution=32, num_classes=10))
+    assert 55e6 < prof.macs < 65e6
+
+
+def test_layer_rows_sum_to_totals():
+    prof = profile(create_model("mobilenet_v3_large"))
+    assert sum(lay.macs for lay in prof.layers) == prof.macs
+    assert sum(lay.params for lay in prof.layers) == prof.params
+    assert prof.peak_memory == max(lay.memory for lay in prof.layers)
+
+
+def test_identity_tensor_multiplier_reduces_shortcut_memory():
+    peaks = [profile(create_model("mobilenext", identity_mult=m)).shortcut_peak_memory for m in (1.0, 0.5, 1 / 6)]
+    assert peaks[0] > peaks[1] > peaks[2]
+    macs = {profile(create_model("mobilenext", identity_mult=m)).macs for m in (1.0, 0.5)}
+    assert len(macs) == 1  # the multiplier saves memory, not MACs
+
+
+def test_memory_counts_held_shortcuts():
+    # a residual block holds its input while it runs: its ops carry it on top of their own tensors
+    prof = profile(create_model("mobilenet_v2"))
+    by_name = {lay.name: lay for lay in prof.layers}
+    dw = by_name["blocks.2.dw.conv"]  # blocks.2: 24 -> 24, stride 1, residual, at 56x56
+    held = 24 * 56 * 56 * 4
+    own = (144 * 56 * 56 * 2) * 4
+    assert dw.memory == own + held
+
+
+# The seed's thin MobileNeXt rows disagree with the official code (and with each other: 0.75 needs
+# the 1280-channel tail scaled down, 0.5 needs it kept). We build the official code; these bounds
+# record the documented gap so that a change to the architecture shows up here.
+@pytest.mark.parametrize("name,max_macs_gap,max_params_gap", [
+    ("mobilenext_075", 0.05, 0.11), ("mobilenext_050", 0.07, 0.05), ("mobilenext_035", 0.07, 0.07)])
+def test_mobilenext_thin_rows_documented_gap(name, max_macs_gap, max_params_gap):
+    v = VARIANTS[name]
+    prof = profile(create_model(name))
+    assert abs(prof.macs / 1e6 / v.macs_m - 1) <= max_macs_gap
+    assert abs(prof.params / 1e6 / v.params_m - 1) <= max_params_gap
