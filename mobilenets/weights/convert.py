@@ -1,0 +1,340 @@
+"""Reference weights -> our ``MobileNet``: torchvision, timm and Keras applications.
+
+Two halves, kept apart so that each can be read on its own:
+
+* **Which model to build.** ``source_options`` says which ``ModelConfig`` options reproduce a
+  source (BatchNorm eps, TF "same" padding, the channel rules at widths other than 1.0);
+  ``config_for`` turns a registry name into that full ``ModelConfig``. Each rule cites the
+  reference code it copies.
+* **Which tensor goes where.** Every source is read into one flat list of tensors in execution
+  order, each tagged with its kind (``conv.weight``, ``bn.running_var``, ``linear.bias``...) and
+  already in PyTorch layout (Keras kernels are transposed here). Our own state dict is read the
+  same way, and the two lists are paired one by one. A pair must agree in kind and in shape, or
+  ``UsageError`` names both tensors and both shapes; tensors left over on either side are listed.
+  The only kind change allowed is a 1x1 convolution used as a dense layer (timm's ``conv_head``,
+  Keras V1 ``conv_preds`` and V3 ``conv_2``/``logits``) into our ``nn.Linear``.
+
+Keras is imported only on the Keras path: it is a test/dev dependency, not a runtime one.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..models.layers import make_divisible
+from ..models.network import MobileNet, ModelConfig
+from ..models.registry import model_config
+
+SOURCES = ("torchvision", "timm", "keras")
+
+V3_FAMILIES = ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v3_large_minimal",
+               "mobilenet_v3_small_minimal")
+# Families each source implements (torchvision has no minimalistic V3, nobody but us has MobileNeXt).
+SOURCE_FAMILIES = {
+    "torchvision": ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"),
+    "timm": ("mobilenet_v1", "mobilenet_v2") + V3_FAMILIES,
+    "keras": ("mobilenet_v1", "mobilenet_v2") + V3_FAMILIES,
+}
+
+TF_BN_EPS = 1e-3     # TF/Keras BatchNormalization default, timm's BN_EPS_TF_DEFAULT
+TORCH_BN_EPS = 1e-5  # nn.BatchNorm2d default
+
+
+# --------------------------------------------------------------------------- which model to build
+
+def source_options(source: str, family: str, width: float = 1.0, tf: bool = False) -> dict:
+    """The ``ModelConfig`` options that make our ``family`` at ``width`` compute what ``source`` does.
+
+    ``tf`` (timm only): the ``tf_*`` ports of TF checkpoints (BN eps 1e-3, TF "same" padding).
+    Raises ``UsageError`` for combinations whose architecture our options cannot express.
+    """
+    source = _check_source(source)
+    if family not in SOURCE_FAMILIES[source]:
+        raise UsageError(f"{source} has no {family}; it provides: {', '.join(SOURCE_FAMILIES[source])}")
+    v3 = family in V3_FAMILIES
+    if source == "torchvision":
+        # torchvision/models/mobilenetv2.py: plain nn.BatchNorm2d, symmetric padding,
+        #   stem _make_divisible(32 * w), last_channel _make_divisible(1280 * max(1.0, w)).
+        # torchvision/models/mobilenetv3.py: BatchNorm2d(eps=0.001), stem = first block's
+        #   adjust_channels(16, w), expanded = adjust_channels(exp, w), classifier hidden
+        #   adjust_channels(1280 or 1024, w) at every width.
+        if v3:
+            return dict(bn_eps=TF_BN_EPS, tf_same=False, stem_scaled=True, expand_rule="scale", head_rule="scale")
+        return dict(bn_eps=TORCH_BN_EPS, tf_same=False, stem_scaled=True, expand_rule="ratio",
+                    head_rule="keep_for_thin")
+    if source == "timm":
+        # timm/models/efficientnet.py _gen_mobilenet_v1/_v2 and timm/models/mobilenetv3.py
+        # _gen_mobilenet_v3: BN eps from resolve_bn_args (nn default; tf_* set BN_EPS_TF_DEFAULT and
+        # pad_type="same"), mid = make_divisible(in_chs * exp_ratio), V2 num_features
+        # max(1280, round(1280 * w)), V3 fix_stem = w < 0.75 and num_features 1280/1024 at every width.
+        _check_timm_expressible(family, width)
+        return dict(bn_eps=TF_BN_EPS if tf else TORCH_BN_EPS, tf_same=bool(tf), expand_rule="ratio",
+                    head_rule="keep_for_thin", stem_scaled=width >= 0.75 if v3 else True)
+    # keras/src/applications/mobilenet.py: BatchNormalization() (eps 1e-3), "same" stem, ZeroPadding2D
+    #   ((0,1),(0,1)) + "valid" on stride-2 depthwise convs (= TF "same" on even sizes), int(c * alpha).
+    # mobilenet_v2.py: eps 1e-3, correct_pad + "valid" (= TF "same"), stem _make_divisible(32 * alpha),
+    #   last 1280 unless alpha > 1.
+    # mobilenet_v3.py: eps 1e-3, stem Conv2D(16) at every alpha, expand _depth(infilters * expansion),
+    #   last_conv _depth(6 * channels), last_point_ch 1280/1024 unless alpha > 1.
+    if family == "mobilenet_v1" and 32 * width < 8:
+        raise UsageError(f"Keras MobileNet uses int(c * alpha) channels, ours never fewer than 8: "
+                         f"alpha {width} < 0.25 cannot be converted")
+    return dict(bn_eps=TF_BN_EPS, tf_same=True, stem_scaled=not v3, expand_rule="ratio", head_rule="keep_for_thin")
+
+
+def _check_timm_expressible(family: str, width: float) -> None:
+    """Raise for the widths at which timm's channel rules differ from every option of ours."""
+    if family == "mobilenet_v1":
+        # timm rounds V1 channels with make_divisible(c * w), TF-slim/Keras (and we) with int(c * w).
+        bad = [c for c in (32, 64, 128, 256, 512, 1024) if make_divisible(c * width) != max(int(c * width), 8)]
+        if bad:
+            raise UsageError(f"timm rounds MobileNetV1 channels to multiples of 8, ours (TF-slim, Keras) "
+                             f"takes int(c * width): they differ at width {width} (channels {bad})")
+    if family in V3_FAMILIES:
+        if width > 1:
+            raise UsageError(f"timm keeps the {family} pre-logits layer at {1280 if 'large' in family else 1024} "
+                             f"channels at every width, ours scales it for width > 1 (as Keras and TF do): "
+                             f"width {width} cannot be converted from timm")
+        last, head = (160, 960) if "large" in family else (96, 576)
+        if make_divisible(head * width) != 6 * make_divisible(last * width):
+            # timm's last "cn" block has round(head * w) channels, ours (TF, Keras, torchvision) 6 * round(last * w).
+            raise UsageError(f"timm's {family} last 1x1 conv has {make_divisible(head * width)} channels at width "
+                             f"{width}, ours (like TF, Keras and torchvision) {6 * make_divisible(last * width)}")
+
+
+def config_for(source: str, name: str, width: float | None = None, *, tf: bool | None = None,
+               **kwargs) -> ModelConfig:
+    """The ``ModelConfig`` to build our ``name`` with so that it reproduces ``source``.
+
+    ``name`` is a registry name (``"mobilenet_v2_140"``, or a family name with ``width=``);
+    ``tf`` picks timm's ``tf_*`` ports; other keyword arguments go to ``model_config``
+    (``num_classes``, ``resolution``... and any option given here overrides the source's).
+    """
+    source = _check_source(source)
+    if tf is not None and source != "timm":
+        raise UsageError("tf= applies to timm only (torchvision is never TF-style, Keras always is)")
+    base = model_config(name, width=width, **kwargs)  # checks the name, the width and the options given
+    opts = source_options(source, base.family, base.width, tf=bool(tf))
+    return base.replace(**{k: v for k, v in opts.items() if k not in kwargs})
+
+
+# --------------------------------------------------------------------------- which tensor goes where
+
+@dataclass
+class Entry:
+    """One tensor in PyTorch layout: where it came from, what it is (``layer.part``), its value."""
+    key: str
+    kind: str
+    tensor: torch.Tensor
+
+
+def torch_entries(state_dict: Mapping[str, torch.Tensor]) -> list[Entry]:
+    """A PyTorch state dict as entries, module by module in registration (= execution) order.
+
+    A module with running stats is a BatchNorm; otherwise a 4-d weight is a conv, a 2-d one
+    a linear layer. ``num_batches_tracked`` is skipped (inference never reads it).
+    """
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        prefix, _, part = key.rpartition(".")
+        if part == "num_batches_tracked":
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        modules.setdefault(prefix, {})[part] = value
+    entries = []
+    for prefix, params in modules.items():
+        weight = params.get("weight")
+        if "running_mean" in params:
+            layer = "bn"
+        elif weight is not None and weight.ndim == 4:
+            layer = "conv"
+        elif weight is not None and weight.ndim == 2:
+            layer = "linear"
+        else:
+            layer = "other"
+        for part, value in params.items():
+            entries.append(Entry(f"{prefix}.{part}" if prefix else part, f"{layer}.{part}", value))
+    return entries
+
+
+def keras_entries(model) -> list[Entry]:
+    """A Keras model's weights as entries, layer by layer in graph order, in PyTorch layout.
+
+    Conv2D kernel (kh, kw, in, out) -> (out, in, kh, kw); DepthwiseConv2D (kh, kw, in, mult) ->
+    (in * mult, 1, kh, kw); Dense (in, out) -> (out, in); BatchNormalization gamma, beta,
+    moving_mean, moving_variance -> weight, bias, running_mean, running_var.
+    """
+    entries: list[Entry] = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):           # a model nested in the model
+            entries.extend(keras_entries(layer))
+            continue
+        if not layer.weights:
+            continue
+        values = {_keras_var_name(v): torch.from_numpy(a.copy()).float()
+                  for v, a in zip(layer.weights, layer.get_weights(), strict=True)}
+        kind = type(layer).__name__
+        if kind == "BatchNormalization":
+            names = dict(gamma="weight", beta="bias", moving_mean="running_mean", moving_variance="running_var")
+            missing = [k for k in names if k not in values]
+            if missing:
+                raise UsageError(f"Keras BatchNormalization {layer.name!r} has no {', '.join(missing)} "
+                                 "(center/scale off): not a MobileNet layer")
+            entries += [Entry(f"{layer.name}/{k}", f"bn.{p}", values[k]) for k, p in names.items()]
+            continue
+        if kind == "Conv2D":
+            layer_kind, weight = "conv", values.pop("kernel").permute(3, 2, 0, 1)
+        elif kind == "DepthwiseConv2D":
+            k = values.pop("kernel", None)
+            k = values.pop("depthwise_kernel") if k is None else k
+            kh, kw, cin, mult = k.shape
+            layer_kind, weight = "conv", k.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
+        elif kind == "Dense":
+            layer_kind, weight = "linear", values.pop("kernel").t()
+        else:
+            raise UsageError(f"Keras layer {layer.name!r} ({kind}) has weights but is not a MobileNet layer")
+        entries.append(Entry(f"{layer.name}/kernel", f"{layer_kind}.weight", weight.contiguous()))
+        if "bias" in values:
+            entries.append(Entry(f"{layer.name}/bias", f"{layer_kind}.bias", values.pop("bias")))
+        if values:
+            raise UsageError(f"Keras layer {layer.name!r} has unexpected weights: {', '.join(values)}")
+    return entries
+
+
+def _keras_var_name(v) -> str:
+    # Keras 3: v.name == "kernel"; tf.keras 2: "conv1/kernel:0".
+    return v.name.split("/")[-1].split(":")[0]
+
+
+def _adapt(ref: Entry, our_kind: str) -> torch.Tensor | None:
+    """The reference tensor as ``our_kind`` wants it, or None when the kinds cannot pair."""
+    if ref.kind == our_kind:
+        return ref.tensor
+    r_layer, r_part = ref.kind.split(".", 1)
+    o_layer, o_part = our_kind.split(".", 1)
+    if r_part == o_part and r_layer == "conv" and o_layer == "linear":   # a 1x1 conv used as a dense layer
+        if r_part == "bias":
+            return ref.tensor
+        if ref.tensor.ndim == 4 and ref.tensor.shape[2:] == (1, 1):
+            return ref.tensor.flatten(1)
+    return None
+
+
+_DESCRIBE = {"conv": "conv", "bn": "BatchNorm", "linear": "linear", "other": "unrecognised"}
+
+
+def _describe(kind: str) -> str:
+    layer, part = kind.split(".", 1)
+    return f"{_DESCRIBE[layer]} {part}"
+
+
+def _listing(entries: list[Entry], limit: int = 8) -> str:
+    shown = ", ".join(f"{e.key} {tuple(e.tensor.shape)}" for e in entries[:limit])
+    return shown + (f" ... and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def match(ref: list[Entry], ours: list[Entry], what: str) -> dict[str, torch.Tensor]:
+    """Pair reference and our entries in order: {our key: tensor}; any disagreement raises.
+
+    ``what`` names the conversion in messages (``"torchvision weights -> mobilenet_v2 (width 0.5)"``).
+    """
+    counts = f"the reference has {len(ref)} tensors, ours {len(ours)}"
+    out: dict[str, torch.Tensor] = {}
+    for i, (r, o) in enumerate(zip(ref, ours, strict=False)):  # lengths compared below
+        value = _adapt(r, o.kind)
+        if value is None:
+            raise UsageError(
+                f"cannot convert {what}: reference {r.key!r} ({_describe(r.kind)}, shape {tuple(r.tensor.shape)}) "
+                f"lines up with our {o.key!r} ({_describe(o.kind)}, shape {tuple(o.tensor.shape)}) at tensor "
+                f"#{i}; {counts}. Is the reference another family or width?")
+        if value.shape != o.tensor.shape:
+            raise UsageError(
+                f"cannot convert {what}: reference {r.key!r} has shape {tuple(r.tensor.shape)}"
+                + (f" ({tuple(value.shape)} in PyTorch layout)" if tuple(value.shape) != tuple(r.tensor.shape) else "")
+                + f" but our {o.key!r} needs {tuple(o.tensor.shape)} (tensor #{i}, {_describe(o.kind)}); "
+                f"{counts}. Is the reference another family or width?")
+        out[o.key] = value.detach().to(dtype=o.tensor.dtype).clone()
+    if len(ref) != len(ours):
+        n = min(len(ref), len(ours))
+        if len(ref) > n:
+            detail = f"unexpected reference tensors with no place in ours: {_listing(ref[n:])}"
+        else:
+            detail = f"our tensors missing from the reference: {_listing(ours[n:])}"
+        raise UsageError(f"cannot convert {what}: {counts}; {detail}")
+    return out
+
+
+# --------------------------------------------------------------------------- the entry point
+
+def convert(reference, source: str, name: str, *, width: float | None = None, tf: bool | None = None,
+            **kwargs) -> MobileNet:
+    """Our ``name`` carrying the weights of a reference implementation.
+
+    ``reference``: a torchvision or timm state dict or model (``source="torchvision"``/``"timm"``),
+    or a Keras model (``source="keras"``). ``tf`` (timm): whether it is a ``tf_*`` port; read from a
+    timm model's ``pretrained_cfg``, False for a bare state dict unless given. ``num_classes`` (and
+    ``in_chans``) default to the reference's. Other keyword arguments go to ``model_config``.
+    The chosen options are on the returned model's ``config``; the model is in training mode, as
+    ``create_model`` returns it.
+    """
+    source = _check_source(source)
+    if source == "keras":
+        if not _is_keras_model(reference):
+            raise UsageError("source='keras' needs a Keras model (keras.applications.MobileNet...), "
+                             f"got a {type(reference).__name__}")
+        ref = keras_entries(reference)
+    else:
+        if _is_keras_model(reference):
+            raise UsageError(f"this is a Keras model: convert it with source='keras', not {source!r}")
+        if source == "timm" and tf is None and isinstance(reference, nn.Module):
+            tf = _timm_is_tf(reference)
+        ref = torch_entries(_state_dict(reference, source))
+    if not ref:
+        raise UsageError(f"the {source} reference has no tensors")
+    weights = [e for e in ref if e.kind in ("conv.weight", "linear.weight")]
+    if weights:
+        kwargs.setdefault("num_classes", int(weights[-1].tensor.shape[0]))
+        if weights[0].kind == "conv.weight":
+            kwargs.setdefault("in_chans", int(weights[0].tensor.shape[1]))
+    config = config_for(source, name, width, tf=tf, **kwargs)
+    model = MobileNet(config)
+    what = f"{source}{' (tf_*)' if tf else ''} weights -> {name} (width {config.width})"
+    state = model.state_dict()
+    state.update(match(ref, torch_entries(state), what))
+    model.load_state_dict(state)
+    return model
+
+
+def _check_source(source: str) -> str:
+    if source not in SOURCES:
+        raise UsageError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+    return source
+
+
+def _is_keras_model(obj) -> bool:
+    # With the torch backend a Keras model is also an nn.Module: tell them apart by the Keras API.
+    return not isinstance(obj, Mapping) and hasattr(obj, "layers") and hasattr(obj, "get_weights")
+
+
+def _state_dict(reference, source: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(reference, Mapping):
+        return reference
+    if hasattr(reference, "state_dict") and callable(reference.state_dict):
+        return reference.state_dict()
+    raise UsageError(f"source={source!r} needs a state dict or a torch model, got a {type(reference).__name__}")
+
+
+def _timm_is_tf(model: nn.Module) -> bool:
+    """Whether a timm model is a ``tf_*`` port: its architecture name, else its BatchNorm eps."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
+    if arch:
+        return arch.startswith("tf_")
+    bn = next((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), None)
+    return bn is not None and abs(bn.eps - TF_BN_EPS) < 1e-9
+
