@@ -1,0 +1,275 @@
+"""Our checkpoint format: safetensors tensors + a small JSON metadata record.
+
+The record (``ModelConfig``, ``Preprocessing``, class names, variant) is what makes a file
+self-describing: ``load_checkpoint`` rebuilds the exact model and ``predict`` preprocesses
+exactly as training did. Loading never executes code: safetensors, or ``torch.load`` with
+``weights_only=True`` for foreign ``.pth`` files. Writes are atomic (temp file in the same
+directory, fsync, rename) so a crash never leaves a truncated checkpoint under the real name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.transforms import Preprocessing, cifar, imagenet
+from ..errors import UsageError
+from ..models.network import MobileNet, ModelConfig
+
+FORMAT = "mobilenets"
+FORMAT_VERSION = "1"
+SAFETENSORS = (".safetensors",)
+PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about itself; attached to loaded models as ``model.checkpoint_meta``."""
+    variant: str | None = None
+    config: ModelConfig | None = None
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        """safetensors metadata is str -> str: scalars as text, records as JSON."""
+        md = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        if self.variant:
+            md["variant"] = self.variant
+        if self.config is not None:
+            md["config"] = json.dumps(self.config.to_dict())
+            md.update(width=str(self.config.width), resolution=str(self.config.resolution),
+                      num_classes=str(self.config.num_classes))
+        if self.preprocessing is not None:
+            md["preprocessing"] = json.dumps(self.preprocessing.to_dict())
+        if self.class_names is not None:
+            md["class_names"] = json.dumps(list(self.class_names))
+        if self.extra:
+            md["extra"] = json.dumps(self.extra)
+        return md
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, str] | None) -> CheckpointMeta:
+        md = md or {}
+        try:
+            loads = lambda key: json.loads(md[key]) if key in md else None  # noqa: E731
+            config, pre = loads("config"), loads("preprocessing")
+            return cls(variant=md.get("variant"),
+                       config=ModelConfig.from_dict(config) if config else None,
+                       preprocessing=Preprocessing.from_dict(pre) if pre else None,
+                       class_names=loads("class_names"), extra=loads("extra") or {})
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"checkpoint metadata is damaged: {' '.join(str(exc).split())}") from None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP/DataParallel (``.module``) or ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing: Preprocessing | None = None,
+                    class_names: list[str] | None = None, variant: str | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``model`` as ``path`` (safetensors + metadata), atomically; returns the path.
+
+    Defaults come from ``model.checkpoint_meta`` when the model was loaded from a checkpoint,
+    else ImageNet preprocessing at the model's resolution (CIFAR's for a CIFAR stem).
+    """
+    from safetensors.torch import save
+
+    model = unwrap(model)
+    if not isinstance(getattr(model, "config", None), ModelConfig):
+        raise UsageError(f"save_checkpoint needs a MobileNet, got {type(model).__name__}")
+    config: ModelConfig = model.config
+    old = getattr(model, "checkpoint_meta", None) or CheckpointMeta()
+    if preprocessing is None:
+        default = cifar if config.cifar_stem else imagenet
+        preprocessing = old.preprocessing or default(config.resolution)
+    if class_names is None and old.class_names and len(old.class_names) == config.num_classes:
+        class_names = old.class_names
+    if class_names is not None and len(class_names) != config.num_classes:
+        raise UsageError(f"{len(class_names)} class names for a model with {config.num_classes} classes")
+    meta = CheckpointMeta(variant or old.variant or config.family, config, preprocessing,
+                          None if class_names is None else [str(c) for c in class_names],
+                          {**old.extra, **(extra or {})})
+    tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+               for k, v in model.state_dict().items()}  # clone: no shared or partial storages
+    data = save(tensors, metadata=meta.to_metadata())
+    return atomic_write(Path(path), data)
+
+
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory + fsync + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a weights file, never running code from it.
+
+    ``.pth``-style files go through ``torch.load(weights_only=True)``; the usual wrappers
+    (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such checkpoint: {path}")
+    if path.suffix in (".h5", ".keras"):
+        raise UsageError(f"{path} is a Keras file: convert it with "
+                         f"`mobilenets convert {path} --from keras --model NAME --to OUT.safetensors`")
+    if path.suffix in SAFETENSORS or _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UsageError(f"{path} is not a readable safetensors file: {' '.join(str(exc).split())}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} needs code to unpickle and weights_only loading refused it ({first})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint: {' '.join(str(exc).split())[:200]}") from None
+    return _unwrap_state_dict(obj, path), {}
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte header length then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(path: str | os.PathLike, *, config: ModelConfig | None = None,
+                    device: str | torch.device = "cpu") -> tuple[MobileNet, CheckpointMeta]:
+    """(model, metadata) from one of our checkpoints; the model is rebuilt from the stored
+    config (or ``config`` for bare weight files) and loaded strictly, in eval mode."""
+    tensors, metadata = read_weights(path)
+    model = from_weights(tensors, metadata, what=str(path), config=config)
+    return model.to(device).eval(), model.checkpoint_meta
+
+
+def is_ours(metadata: dict[str, str]) -> bool:
+    return metadata.get("format") == FORMAT
+
+
+def from_weights(tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, what: str,
+                 config: ModelConfig | None = None) -> MobileNet:
+    """A ``MobileNet`` from tensors + our metadata (its config wins over ``config``)."""
+    meta = CheckpointMeta.from_metadata(metadata if is_ours(metadata) else {})
+    config = meta.config or config
+    if config is None:
+        raise UsageError(f"{what} has no mobilenets metadata; if it comes from torchvision, timm or Keras, "
+                         f"convert it: `mobilenets convert {what} --from FORMAT --model NAME --to OUT.safetensors`")
+    meta.config = config
+    model = MobileNet(config)
+    load_strict(model, tensors, what=what, name=meta.variant)
+    model.checkpoint_meta = meta
+    return model.eval()
+
+
+def load_strict(model: MobileNet, state_dict: dict[str, torch.Tensor], *, what: str = "checkpoint",
+                name: str | None = None) -> MobileNet:
+    """``model.load_state_dict`` that fails with one line naming missing and unexpected keys,
+    shape conflicts, and the variant whose shapes the weights do fit, when one does."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    conflicts = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in ours.items()
+                 if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or conflicts:
+        label = name or model.config.family
+        parts = [f"{what} does not fit {label} (width {model.config.width}, {model.config.num_classes} classes)"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape conflicts", conflicts)):
+            if items:
+                parts.append(f"{len(items)} {title}: {_few(items)}")
+        fits = suggest_variant(state_dict, prefer=model.config.family)
+        if fits:
+            parts.append(f"the shapes fit {fits}")
+        raise UsageError("; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def suggest_variant(state_dict: dict[str, torch.Tensor], prefer: str | None = None) -> str | None:
+    """The registry variant (or family + width) whose parameter shapes equal ``state_dict``'s.
+
+    A family whose key names differ at its first width is skipped whole, so an error costs a
+    handful of model builds, not one per registry entry. ``prefer``: a family to try first.
+    """
+    from ..models.registry import VARIANTS
+
+    head = state_dict.get("classifier.weight")
+    stem = state_dict.get("stem.conv.weight")
+    if head is None or stem is None or head.ndim != 2 or stem.ndim != 4:
+        return None
+    want = {k: tuple(v.shape) for k, v in state_dict.items()}
+    widths: dict[str, list[float]] = {}
+    for v in VARIANTS.values():
+        if v.width not in widths.setdefault(v.family, []):
+            widths[v.family].append(v.width)
+    for family in sorted(widths, key=lambda f: f != prefer):
+        for i, width in enumerate(sorted(widths[family], key=lambda w: w != 1.0)):
+            rules = [()] + ([(("expand_rule", "scale"), ("head_rule", "scale"))] if width != 1.0 else [])
+            for rule in rules:
+                shapes = _shapes(family, width, rule, int(head.shape[0]), int(stem.shape[1]))
+                if shapes is None or shapes.keys() != want.keys():
+                    break
+                if shapes == want:
+                    named = [n for n, x in VARIANTS.items()
+                             if x.family == family and x.width == width and x.resolution == 224 and n != family]
+                    label = f"{family} with width={width}" + (f" ({named[0]})" if named else "")
+                    return label + (" and torchvision's channel rules" if rule else "")
+            else:
+                continue
+            if i == 0:
+                break  # other key names than this family's: skip its other widths
+    return None
+
+
+@lru_cache(maxsize=64)
+def _shapes(family: str, width: float, rules: tuple, num_classes: int, in_chans: int) -> dict | None:
+    """State-dict shapes of one configuration, built on the meta device (no memory)."""
+    try:
+        cfg = ModelConfig(family=family, width=width, num_classes=num_classes, in_chans=in_chans, **dict(rules))
+        with torch.device("meta"):
+            return {k: tuple(t.shape) for k, t in MobileNet(cfg).state_dict().items()}
+    except (UsageError, ValueError, RuntimeError):
+        return None

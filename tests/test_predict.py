@@ -1,0 +1,175 @@
+"""Prediction: decoding every common kind of file, a trained checkpoint predicting the right
+labels, a converted torchvision checkpoint predicting what torchvision predicts, and the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from typer.testing import CliRunner
+
+from mobilenets import create_model
+from mobilenets.cli import app
+from mobilenets.data.transforms import cifar, eval_transform, imagenet
+from mobilenets.predict import find_images, load_image, predict
+from mobilenets.weights import load_checkpoint, save_checkpoint
+
+COLOURS = {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
+runner = CliRunner()
+
+
+def _picture(colour, rng, size=(40, 36)):
+    """A coloured square on a noisy grey background: the class is the square's colour."""
+    w, h = size
+    a = rng.integers(90, 140, (h, w, 3))
+    x0, y0 = rng.integers(0, w // 4), rng.integers(0, h // 4)
+    a[y0:y0 + 3 * h // 4, x0:x0 + 3 * w // 4] = np.clip(np.array(COLOURS[colour]) + rng.integers(-25, 25, 3), 0, 255)
+    return Image.fromarray(a.astype(np.uint8))
+
+
+def _write_kinds(d, rng):
+    """One file of each kind predict must read, plus a corrupt and a truncated one."""
+    d.mkdir(parents=True, exist_ok=True)
+    _picture("red", rng).save(d / "red.jpg", quality=95)
+    _picture("blue", rng).save(d / "blue.png")
+    _picture("green", rng).save(d / "green.webp", lossless=True)
+    _picture("blue", rng).convert("RGBA").save(d / "sub_blue_rgba.png")
+    rotated = _picture("red", rng, size=(48, 24))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rotated.save(d / "red_exif.jpg", exif=exif, quality=95)
+    _picture("green", rng).convert("L").save(d / "gray.png")
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    good = (d / "red.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (d / "notes.txt").write_text("not an image: ignored when walking a directory")
+
+
+def test_decoding_modes_and_exif(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_kinds(tmp_path, rng)
+    for name in ("red.jpg", "blue.png", "green.webp", "sub_blue_rgba.png", "gray.png"):
+        assert load_image(tmp_path / name).mode == "RGB"
+    assert load_image(tmp_path / "red_exif.jpg").size == (24, 48)  # stored 48x24, displayed upright
+    files, skipped = find_images([tmp_path, tmp_path / "missing.png"])
+    assert "notes.txt" not in {f.name for f in files} and len(files) == 8
+    assert skipped[0].path.endswith("missing.png")
+
+
+def _train_tiny(tmp_path):
+    """What `mobilenets train` does, in miniature: a few steps on three coloured classes."""
+    rng = np.random.default_rng(1)
+    pre = cifar(32)
+    t = eval_transform(pre)
+    names = list(COLOURS)
+    x = torch.stack([t(_picture(c, rng, size=(int(rng.integers(28, 60)), int(rng.integers(28, 60)))))
+                     for _ in range(16) for c in names])
+    y = torch.tensor([i for _ in range(16) for i in range(3)])
+    model = create_model("mobilenet_v2", width=0.35, num_classes=3, resolution=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(20):
+        idx = torch.randperm(len(x))[:24]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # So few steps leave BatchNorm's running averages behind the weights: recompute them
+    # (what a longer training run converges to).
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model(x)
+        for m in bns:
+            m.momentum = 0.1
+    model.eval()
+    return save_checkpoint(tmp_path / "colours.safetensors", model, preprocessing=pre, class_names=names,
+                           variant="mobilenet_v2", extra={"trained_by": "test"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    return _train_tiny(tmp_path_factory.mktemp("train"))
+
+
+def test_trained_checkpoint_predicts_the_right_labels(trained, tmp_path):
+    _write_kinds(tmp_path / "imgs", np.random.default_rng(2))
+    result = predict(trained, [tmp_path / "imgs"], top=2, batch_size=3)
+    labels = {p.path.rsplit("/", 1)[1]: p.label for p in result.predictions}
+    assert labels == {"red.jpg": "red", "blue.png": "blue", "green.webp": "green", "sub_blue_rgba.png": "blue",
+                      "red_exif.jpg": "red", "gray.png": labels["gray.png"]}
+    assert {s.path.rsplit("/", 1)[1] for s in result.skipped} == {"corrupt.jpg", "truncated.jpg"}
+    assert not result.ok and all(s.reason for s in result.skipped)
+    top = result.predictions[0].top
+    assert len(top) == 2 and top[0].prob >= top[1].prob and top[0].index == ["red", "green", "blue"].index(top[0].label)
+    assert result.preprocessing == cifar(32) and result.model == "mobilenet_v2"
+    json.dumps(result.to_dict())
+
+
+def test_cli_predict_exit_codes_and_json(trained, tmp_path):
+    d = tmp_path / "imgs"
+    _write_kinds(d, np.random.default_rng(3))
+    good = [str(d / "red.jpg"), str(d / "blue.png")]
+
+    ok = runner.invoke(app, ["predict", str(trained), *good, "--json", "--top", "1"])
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(ok.stdout)  # JSON only on stdout
+    assert [p["top"][0]["label"] for p in data["predictions"]] == ["red", "blue"] and data["skipped"] == []
+
+    some_bad = runner.invoke(app, ["predict", "mobilenet_v2", "--weights", str(trained), str(d)])
+    assert some_bad.exit_code == 1
+    assert "red_exif.jpg" in some_bad.stdout and "corrupt.jpg" in some_bad.stderr and "truncated.jpg" in some_bad.stderr
+
+    for args, pattern in [
+        (["predict", "mobilenet_v2", "--weights", str(tmp_path / "nope.safetensors"), *good], "no such checkpoint"),
+        (["predict", "mobilenet_v3_small", "--weights", str(trained), *good], "holds mobilenet_v2"),
+        (["predict", str(trained), str(tmp_path / "empty_dir_that_is_missing")], None),
+        (["convert", good[0], "--from", "caffe", "--model", "mobilenet_v2", "--to", str(tmp_path / "o.safetensors")],
+         "unknown weights 'caffe'"),
+    ]:
+        res = runner.invoke(app, args)
+        if pattern is None:  # a missing path is a skipped input, not bad usage
+            assert res.exit_code == 1 and "no such file" in res.stderr
+            continue
+        assert res.exit_code == 2, res.output
+        assert pattern in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def _random_torchvision_v3_small():
+    ref = torchvision.models.mobilenet_v3_small().eval()
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            elif isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, 0, 0.1)
+    return ref
+
+
+def test_converted_torchvision_checkpoint_predicts_the_reference_top5(tmp_path):
+    ref = _random_torchvision_v3_small()
+    torch.save(ref.state_dict(), tmp_path / "mobilenet_v3_small-random.pth")
+    out = tmp_path / "mv3s.safetensors"
+    res = runner.invoke(app, ["convert", str(tmp_path / "mobilenet_v3_small-random.pth"), "--from", "torchvision",
+                              "--model", "mobilenet_v3_small", "--to", str(out)])
+    assert res.exit_code == 0, res.output
+    model, meta = load_checkpoint(out)
+    assert meta.preprocessing == imagenet(224) and meta.extra["format"] == "torchvision"
+
+    image = tmp_path / "photo.jpg"
+    _picture("red", np.random.default_rng(4), size=(300, 260)).save(image)
+    result = predict(out, [image], top=5)
+    with torch.no_grad():
+        probs = ref(eval_transform(imagenet(224))(load_image(image))[None]).softmax(1)[0]
+    expected = probs.topk(5)
+    got = result.predictions[0].top
+    assert [t.index for t in got] == expected.indices.tolist()
+    assert [t.prob for t in got] == pytest.approx(expected.values.tolist(), abs=1e-5)
+    assert got[0].label == torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"][got[0].index]
