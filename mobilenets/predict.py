@@ -21,6 +21,14 @@ from .data.transforms import Preprocessing, cifar, eval_transform, imagenet
 from .errors import UsageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+EXPORT_SUFFIXES = frozenset({".onnx", ".xml", ".tflite"})  # run through a deploy Session
+
+
+def is_export(target) -> bool:
+    """An exported file (ONNX, OpenVINO IR, TFLite) or an open ``Session``."""
+    if isinstance(target, (str, os.PathLike)):
+        return Path(target).suffix.lower() in EXPORT_SUFFIXES
+    return hasattr(target, "run") and hasattr(target, "backend")
 
 
 @dataclass
@@ -81,6 +89,13 @@ def find_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple
     return files, skipped
 
 
+def _inputs(paths) -> tuple[list[Path], list[Skipped]]:
+    files, skipped = find_images(paths)
+    if not files and not skipped:
+        raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")
+    return files, skipped
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode fully (so truncation shows here), honour EXIF orientation, convert to RGB."""
     with Image.open(path) as im:
@@ -116,22 +131,24 @@ def predict(model_or_checkpoint, paths, top: int = 5, batch_size: int = 32, *,
             device: str | torch.device | None = None, progress: bool = False) -> PredictResult:
     """Top-``top`` classes (label, index, probability) for every image in ``paths``.
 
-    ``model_or_checkpoint``: a model (``create_model(..., pretrained=...)``, ``load_checkpoint``)
-    or the path of one of our checkpoints. ``preprocessing``/``class_names`` override what the
-    checkpoint says. ``device``: default the model's. ``progress``: a bar on stderr.
+    ``model_or_checkpoint``: a model (``create_model(..., pretrained=...)``, ``load_checkpoint``),
+    the path of one of our checkpoints, or an exported file (.onnx, .xml, .tflite) or ``Session``,
+    run in its runtime with the preprocessing and class names of its sidecar.
+    ``preprocessing``/``class_names`` override what the checkpoint says. ``device``: default the
+    model's. ``progress``: a bar on stderr.
     """
     if top < 1 or batch_size < 1:
         raise UsageError(f"top and batch_size must be >= 1, got top={top}, batch_size={batch_size}")
+    if is_export(model_or_checkpoint):
+        return _predict_export(model_or_checkpoint, paths, top, batch_size, preprocessing=preprocessing,
+                               class_names=class_names, progress=progress)
     model = _load_model(model_or_checkpoint)
     name, pre, names = _defaults(model)
     pre = preprocessing or pre
-    files, skipped = find_images(paths)
-    if not files and not skipped:
-        raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")
+    files, skipped = _inputs(paths)
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if class_names is not None and num_classes is not None and len(class_names) != num_classes:
         raise UsageError(f"{len(class_names)} class names for a model with {num_classes} classes")
-    transform = eval_transform(pre)
     param = next(model.parameters(), None)
     if device is None:
         device = param.device if param is not None else "cpu"
@@ -140,26 +157,47 @@ def predict(model_or_checkpoint, paths, top: int = 5, batch_size: int = 32, *,
     model.to(device).eval()
     result = PredictResult(model=name, preprocessing=pre, skipped=skipped)
     try:
-        with _Bar(len(files), progress) as advance:
-            for start in range(0, len(files), batch_size):
-                batch_files, tensors = [], []
-                for f in files[start:start + batch_size]:
-                    try:
-                        tensors.append(transform(load_image(f)))
-                        batch_files.append(f)
-                    except Exception as exc:  # noqa: BLE001 -- any decoder failure means "unreadable"
-                        result.skipped.append(Skipped(str(f), " ".join(f"{type(exc).__name__}: {exc}".split())))
-                if tensors:
-                    probs = model(torch.stack(tensors).to(device)).float().softmax(dim=1).cpu()
-                    labels = class_names_for(probs.shape[1], class_names or names)
-                    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
-                    for f, vs, ix in zip(batch_files, values.tolist(), indices.tolist(), strict=True):
-                        tops = [Top(labels[i], i, v) for v, i in zip(vs, ix, strict=True)]
-                        result.predictions.append(ImagePrediction(str(f), tops))
-                advance(len(files[start:start + batch_size]))
+        _run(lambda x: model(x.to(device)).float().cpu(), files, result, pre, class_names or names, top,
+             batch_size, progress)
     finally:
         model.train(was_training)
     return result
+
+
+def _predict_export(target, paths, top: int, batch_size: int, *, preprocessing, class_names, progress):
+    """``predict`` on an exported file: the runtime's Session, the export's sidecar preprocessing."""
+    from .deploy.runtimes import open_session
+    session = open_session(target) if isinstance(target, (str, os.PathLike)) else target
+    pre = preprocessing or session.preprocessing or imagenet(session.resolution or 224)
+    files, skipped = _inputs(paths)
+    name = Path(session.path).stem if getattr(session, "path", None) else session.backend
+    result = PredictResult(model=name, preprocessing=pre, skipped=skipped)
+    _run(lambda x: torch.from_numpy(session.run(x.numpy())), files, result, pre,
+         class_names or session.class_names, top, batch_size, progress)
+    return result
+
+
+def _run(logits_of, files: list[Path], result: PredictResult, pre: Preprocessing, names, top: int,
+         batch_size: int, progress: bool) -> None:
+    """Decode, batch, softmax and top-k ``files`` into ``result``; unreadable files are skipped."""
+    transform = eval_transform(pre)
+    with _Bar(len(files), progress) as advance:
+        for start in range(0, len(files), batch_size):
+            batch_files, tensors = [], []
+            for f in files[start:start + batch_size]:
+                try:
+                    tensors.append(transform(load_image(f)))
+                    batch_files.append(f)
+                except Exception as exc:  # noqa: BLE001 -- any decoder failure means "unreadable"
+                    result.skipped.append(Skipped(str(f), " ".join(f"{type(exc).__name__}: {exc}".split())))
+            if tensors:
+                probs = logits_of(torch.stack(tensors)).softmax(dim=1)
+                labels = class_names_for(probs.shape[1], names)
+                values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+                for f, vs, ix in zip(batch_files, values.tolist(), indices.tolist(), strict=True):
+                    tops = [Top(labels[i], i, v) for v, i in zip(vs, ix, strict=True)]
+                    result.predictions.append(ImagePrediction(str(f), tops))
+            advance(len(files[start:start + batch_size]))
 
 
 class _Bar:

@@ -173,3 +173,19 @@ def test_converted_torchvision_checkpoint_predicts_the_reference_top5(tmp_path):
     assert [t.index for t in got] == expected.indices.tolist()
     assert [t.prob for t in got] == pytest.approx(expected.values.tolist(), abs=1e-5)
     assert got[0].label == torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"][got[0].index]
+
+
+def test_exported_onnx_file_predicts_like_its_checkpoint(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mobilenets.deploy.export import export
+    _write_kinds(tmp_path / "imgs", np.random.default_rng(5))
+    onnx = export(trained, "onnx", tmp_path / "out").path
+    want = predict(trained, [tmp_path / "imgs"], top=3)
+    got = predict(onnx, [tmp_path / "imgs"], top=3)
+    assert [p.label for p in got.predictions] == [p.label for p in want.predictions]
+    assert [t.prob for p in got.predictions for t in p.top] == pytest.approx(
+        [t.prob for p in want.predictions for t in p.top], abs=1e-4)
+    assert got.preprocessing == want.preprocessing and len(got.skipped) == len(want.skipped) == 2
+    res = runner.invoke(app, ["predict", str(onnx), str(tmp_path / "imgs" / "red.jpg"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["predictions"][0]["top"][0]["label"] == "red"

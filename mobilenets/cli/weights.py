@@ -34,7 +34,8 @@ def convert_cmd(
 
 
 def predict_cmd(
-    model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`) or a .safetensors checkpoint")],
+    model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a .safetensors checkpoint or "
+                                         "an exported .onnx/.xml/.tflite file")],
     images: Annotated[list[Path], typer.Argument(help="image files and directories (searched recursively)")],
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file or source tag "
                                                 "(default: the model's default published weights)")] = None,
@@ -65,8 +66,11 @@ def _model(model: str, weights: str | None):
     """MODEL names the architecture; our checkpoints carry their own config, so a family name
     accepts any width stored in the file, a full variant name must match it."""
     from ..models import create_model, get_variant
+    from ..predict import is_export
     from ..weights import load_checkpoint, read_weights
     from ..weights.io import is_ours
+    if is_export(weights or model):  # an exported file runs in its own runtime
+        return weights or model
     if weights is None and Path(model).suffix == ".safetensors":
         return load_checkpoint(model)[0]
     if weights and Path(weights).suffix == ".safetensors" and Path(weights).is_file() \

@@ -171,20 +171,33 @@ def peer_module(family: str, width: float) -> tuple[str, str, torch.nn.Module] |
 
 def _peer_session(module: torch.nn.Module, key: str, backend: str, precision: str, threads: int, batch: int,
                   resolution: int):
-    """A peer on ``backend``: eager/compiled as is, or exported with plain ``torch.onnx.export``."""
+    """A peer on ``backend``: eager/compiled as is, or exported the way its users export it (plain
+    ``torch.onnx.export`` for ONNX Runtime and OpenVINO, ``litert_torch.convert`` for LiteRT)."""
     from ..deploy.runtimes import open_session
     if backend in ("torch", "compile"):
         return open_session(module, backend, threads=threads, precision=precision)
-    if backend not in ("onnxruntime", "openvino") or precision != "fp32":
+    if backend not in ("onnxruntime", "openvino", "litert") or precision != "fp32":
         return None
+    example = torch.randn(batch, 3, resolution, resolution)
+    if backend == "litert":  # the LiteRT user's path: litert-torch straight from the module
+        path = export_cache() / key / f"peer-tflite-b{batch}" / "model.tflite"
+        if not path.is_file():
+            import litert_torch
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-{os.getpid()}.tflite")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                litert_torch.convert(module, (example,)).export(str(tmp))
+            os.replace(tmp, path)
+        return open_session(path, backend, threads=threads, precision="fp32")
     path = export_cache() / key / f"peer-onnx-b{batch}" / "model.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{os.getpid()}.onnx")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, torch.randn(batch, 3, resolution, resolution), tmp, opset_version=17,
-                              dynamo=False, input_names=["input"], output_names=["logits"])
+            torch.onnx.export(module, example, tmp, opset_version=17, dynamo=False, input_names=["input"],
+                              output_names=["logits"])
         os.replace(tmp, path)
     return open_session(path, backend, threads=threads, precision="fp32")
 
