@@ -10,7 +10,9 @@ are calibrated on random inputs for the same reason (their accuracy is measured 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -185,7 +187,7 @@ def _peer_session(module: torch.nn.Module, key: str, backend: str, precision: st
             import litert_torch
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".tmp-{os.getpid()}.tflite")
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its progress log
                 warnings.simplefilter("ignore")
                 litert_torch.convert(module, (example,)).export(str(tmp))
             os.replace(tmp, path)
