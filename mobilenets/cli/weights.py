@@ -6,6 +6,7 @@ Exit codes of ``predict``: 0 every image read, 1 some skipped (named on stderr),
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -85,13 +86,17 @@ def _model(model: str, weights: str | None):
 
 
 def _print(result) -> None:
+    """One row per class; image paths relative to the folder they share (named in the title)."""
+    paths = [p.path for p in result.predictions]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""
     table = Table(title=f"{result.model}: {len(result.predictions)} images"
-                  + (f", {len(result.skipped)} skipped" if result.skipped else ""))
+                  + (f", {len(result.skipped)} skipped" if result.skipped else "") + (f" in {root}" if root else ""))
     for col in ("image", "#", "class", "index", "prob"):
-        table.add_column(col, justify="right" if col in ("#", "index", "prob") else "left")
+        table.add_column(col, justify="right" if col in ("#", "index", "prob") else "left", overflow="fold")
     for p in result.predictions:
+        shown = os.path.relpath(os.path.abspath(p.path), root) if root else p.path
         for rank, t in enumerate(p.top, 1):
-            table.add_row(p.path if rank == 1 else "", str(rank), t.label, str(t.index), f"{t.prob:.3f}",
+            table.add_row(shown if rank == 1 else "", str(rank), t.label, str(t.index), f"{t.prob:.3f}",
                           end_section=rank == len(p.top))
     console.print(table)
 

@@ -1,0 +1,178 @@
+"""int8 post-training static quantization per runtime, and the fp32-vs-int8 report.
+
+* ONNX Runtime: QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration
+  (``quantize_onnx``; why it stays the standard recipe for MobileNetV3: see its docstring).
+* OpenVINO: NNCF's ``nncf.quantize`` on the IR (``quantize_openvino``).
+* TFLite: PT2E with LiteRT's quantizer, then litert-torch's converter (``quantize_tflite``).
+
+Quantization-aware fine-tuning is not here yet: when PTQ loses too much, fine-tune the float
+model (the TF-slim seed trains quantized from a float checkpoint) and quantize again.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over an N x C x H x W array, in chunks of ``batch``."""
+
+    def __init__(self, name: str, images: np.ndarray, batch: int):
+        self.name, self.images, self.batch, self.i = name, images, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        x = self.images[self.i:self.i + self.batch]
+        if len(x) < self.batch:
+            return None
+        self.i += self.batch
+        return {self.name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def rewind(self):
+        self.i = 0
+
+
+def _layout(images: np.ndarray, nhwc: bool) -> np.ndarray:
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1)) if nhwc else images
+
+
+def quantize_file(fmt: str, src: Path, dst: Path, calib: np.ndarray, *, nhwc: bool = False,
+                  module=None, example=None) -> Path:
+    """Quantize the fp32 export ``src`` into ``dst`` with calibration images ``calib`` (NCHW)."""
+    if fmt == "onnx":
+        return quantize_onnx(src, dst, _layout(calib, nhwc))
+    if fmt == "openvino":
+        return quantize_openvino(src, dst, _layout(calib, nhwc))
+    if fmt == "tflite":
+        return quantize_tflite(module, example, dst, _layout(calib, nhwc))
+    raise UsageError(f"no int8 path for {fmt}")
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndarray, *,
+                  per_channel: bool = True, nodes_to_exclude: list[str] | None = None) -> Path:
+    """Static QDQ quantization with ONNX Runtime's tools: per-channel symmetric int8 weights,
+    asymmetric uint8 activations (U8S8, the pair ORT's x86 VNNI kernels run fastest), MinMax.
+
+    What ORT's profile of MobileNetV3-Large says (1 thread, 224, see benchmarks/int8_speed.py):
+    int8 pointwise convs are 3x faster than fp32, but ORT's CPU provider has no int8 hard-swish
+    (each one runs as DequantizeLinear -> HardSigmoid -> Mul -> QuantizeLinear in float, ~25% of
+    the int8 time) and its int8 depthwise and 3-channel stem kernels are slower than its fp32
+    ones (1.6x and 2x). Keeping those layers in float does not help: every float/int8 boundary
+    adds NCHWc <-> NHWC reorders. Decomposing hard-swish into int8 Add/Clip/Mul moves the cost
+    into QLinearAdd/QLinearMul. So this recipe stays ORT's standard one; OpenVINO, whose int8
+    convolutions take hard-swish as a fused post-op, is the runtime for int8 MobileNetV3.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    inp = model.graph.input[0]
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    batch = dim0.dim_value if dim0.HasField("dim_value") else min(len(calib), 16)
+    if len(calib) < batch:
+        raise UsageError(f"{len(calib)} calibration images for a model with a fixed batch of {batch}")
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(src), str(dst), _Reader(inp.name, calib, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes_to_exclude or [],
+                        extra_options=extra)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------
+# OpenVINO
+
+
+def quantize_openvino(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndarray) -> Path:
+    """NNCF post-training quantization of an IR (or ONNX file) into an int8 IR."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(src))
+    shape = model.inputs[0].get_partial_shape()
+    batch = shape[0].get_length() if shape[0].is_static else 1
+    items = [calib[i:i + batch] for i in range(0, len(calib) - batch + 1, batch)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items),
+                               preset=nncf.QuantizationPreset.PERFORMANCE)
+    ov.save_model(qmodel, str(dst), compress_to_fp16=False)
+    return Path(dst)
+
+
+# ------------------------------------------------------------------------------------------
+# TFLite
+
+
+def quantize_tflite(module, example, dst: str | os.PathLike, calib: np.ndarray) -> Path:
+    """Full-integer-weights static quantization with PT2E and LiteRT's quantizer (float I/O)."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    from .export import _quiet
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")
+        m = torch.export.export(module, (example,)).module()
+        m = quantize_pt2e.prepare_pt2e(m, quantizer)
+        b = example.shape[0]
+        with torch.no_grad():
+            for i in range(0, len(calib) - b + 1, b):
+                m(torch.from_numpy(calib[i:i + b]))
+        m = quantize_pt2e.convert_pt2e(m, fold_quantize=False)
+        edge = litert_torch.convert(m, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        edge.export(str(dst))
+    return Path(dst)
+
+
+# ------------------------------------------------------------------------------------------
+# report
+
+
+def compare(fp32: str | os.PathLike, int8: str | os.PathLike, backend: str, data, *, threads: int = 1,
+            rounds: int = 10, per_round: int = 5) -> dict:
+    """File sizes, top-1 of fp32 vs int8 (labelled ``data``) or their agreement, and latency of both
+    on ``backend`` (batch 1, ``threads``, interleaved rounds)."""
+    from .runtimes import interleaved_latency, open_session
+
+    fp32, int8 = Path(fp32), Path(int8)
+    s32 = open_session(fp32, backend, threads=threads, precision="fp32")
+    s8 = open_session(int8, backend, threads=threads, precision="int8")
+    out: dict = {"backend": backend, "threads": threads,
+                 "size_bytes": {"fp32": _size(fp32), "int8": _size(int8)}}
+    if data is not None:
+        y32, y8 = s32.run(data.images), s8.run(data.images)
+        out["images"] = int(len(data.images))
+        out["top1_agreement"] = float((y32.argmax(1) == y8.argmax(1)).mean())
+        if data.labels is not None:
+            out["top1"] = {"fp32": float((y32.argmax(1) == data.labels).mean()),
+                           "int8": float((y8.argmax(1) == data.labels).mean())}
+        x = data.images[:1]
+    else:
+        x = np.zeros((1, *s32.meta.get("shape", (3, 224, 224))), np.float32)
+    lat = interleaved_latency({"fp32": s32, "int8": s8}, x, warmup=5, rounds=rounds, per_round=per_round)
+    out["latency_ms"] = lat
+    out["speedup"] = lat["fp32"]["median_ms"] / lat["int8"]["median_ms"]
+    return out
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)

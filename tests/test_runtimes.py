@@ -1,0 +1,106 @@
+"""The Session API: one interface over PyTorch, ONNX Runtime, OpenVINO and LiteRT."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenets import create_model
+from mobilenets.deploy import runtimes
+from mobilenets.deploy.runtimes import BACKENDS, available_backends, interleaved_latency, open_session
+from mobilenets.errors import UsageError
+
+INSTALLED = available_backends()
+
+
+def _model():
+    return create_model("mobilenet_v3_small", width=0.5, num_classes=10, resolution=64).eval()
+
+
+def test_available_backends_names_every_backend():
+    assert tuple(INSTALLED) == BACKENDS
+    assert INSTALLED["torch"] == torch.__version__.split("+")[0]
+
+
+def test_torch_session_matches_the_module():
+    model = _model()
+    s = open_session(model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert s.backend == "torch" and s.input_layout == "NCHW"
+    np.testing.assert_allclose(s.run(x), ref, atol=1e-6)
+    assert s.preprocessing.resolution == 64 and s.class_names is None
+
+
+def test_bf16_torch_session_is_close():
+    model = _model()
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    y32 = open_session(model).run(x)
+    y16 = open_session(model, precision="bf16").run(x)
+    assert y16.dtype == np.float32 and np.abs(y16 - y32).max() < 0.1 * (np.abs(y32).max() + 1e-3)
+
+
+def test_checkpoint_session_reads_metadata(tmp_path):
+    from mobilenets.weights.io import save_checkpoint
+    model = _model()
+    path = save_checkpoint(tmp_path / "m.safetensors", model, class_names=[f"c{i}" for i in range(10)])
+    s = open_session(path)
+    assert s.backend == "torch" and s.class_names[3] == "c3"
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    np.testing.assert_allclose(s.run(x), open_session(model).run(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p: open_session(p / "nope.onnx"), "no such model file"),
+    (lambda p: open_session(_touch(p / "m.weird")), "cannot tell the runtime"),
+    (lambda p: open_session(_model(), "tensorrt"), "unknown backend"),
+    (lambda p: open_session(_model()).run(np.zeros((3, 64, 64), np.float32)), "N x C x H x W"),
+    (lambda p: open_session(_model(), threads=0), "threads"),
+    (lambda p: open_session(_model(), precision="int8"), "int8"),
+])
+def test_bad_input_is_a_usage_error(tmp_path, bad, message):
+    with pytest.raises(UsageError, match=message):
+        bad(tmp_path)
+
+
+def _touch(path):
+    path.write_bytes(b"x")
+    return path
+
+
+def test_missing_runtime_names_the_pip_package(monkeypatch, tmp_path):
+    monkeypatch.setitem(runtimes._PACKAGES, "openvino", ("no_such_module_xyz", "openvino"))
+    assert runtimes.available_backends()["openvino"] is None
+    with pytest.raises(UsageError, match="not installed: pip install openvino"):
+        open_session(_touch(tmp_path / "m.xml"))
+
+
+def test_fixed_batch_files_run_any_batch_and_nhwc_is_transposed():
+    class Fake(runtimes.Session):
+        backend = "fake"
+
+        def _run(self, x):
+            assert x.shape[0] == 2 and x.shape[-1] == 3  # chunks of the fixed batch, NHWC
+            return x.mean(axis=(1, 2))
+
+    s = Fake(meta={"input_layout": "NHWC"})
+    s.fixed_batch = 2
+    x = np.random.default_rng(0).standard_normal((5, 3, 4, 4), dtype=np.float32)
+    np.testing.assert_allclose(s.run(x), x.mean(axis=(2, 3)), atol=1e-6)
+
+
+def test_interleaved_latency_reports_median_and_p90():
+    s = open_session(_model())
+    out = interleaved_latency({"a": s, "b": s}, np.zeros((1, 3, 64, 64), np.float32), warmup=1, rounds=2,
+                              per_round=2)
+    assert set(out) == {"a", "b"} and out["a"]["runs"] == 4 and out["a"]["p90_ms"] >= out["a"]["median_ms"] > 0
+
+
+@pytest.mark.skipif(INSTALLED["onnxruntime"] is None, reason="onnxruntime not installed")
+def test_a_module_opens_on_another_backend():
+    model = _model()
+    s = open_session(model, "onnxruntime")
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    assert s.backend == "onnxruntime" and s.fixed_batch is None
+    np.testing.assert_allclose(s.run(x), open_session(model).run(x), atol=1e-4)
