@@ -1,0 +1,153 @@
+"""Training throughput, end to end (data included), images/s: our loop against the seed's.
+
+mobilenet_v3_small 1.0 with the seed's CIFAR stem (stride 1 in the first three stride-2
+layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEGs:
+
+- ``seed``: the PyTorch MobileNetV3 seed's style: torchvision ImageFolder, per-image PIL
+  decoding and augmentation (RandomCrop(32, 4), flip, ToTensor, Normalize) in a DataLoader,
+  NCHW, fp32, default settings.
+- ``ours fp32 NCHW`` / ``ours channels-last`` / ``ours channels-last + bf16``: images decoded
+  once into a uint8 tensor, pad-crop + flip batched on tensors (``mobilenets.train.augment``),
+  as ``mobilenets train`` does.
+- ``ceiling``: forward + backward + SGD step on one fixed batch (no data at all), fp32 and bf16,
+  channels-last: what the cores can do.
+
+Usage: python benchmarks/train_throughput.py [--data /work/cifar10/train] [--steps 25] [--threads 2]
+Prints a table and writes benchmarks/results/train_throughput.json. Run it on a quiet machine:
+other processes on the same cores slow OpenMP convolutions down a lot (the load average is
+recorded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import mobilenets
+from mobilenets.data.datasets import decode_files, scan_folder
+from mobilenets.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar
+from mobilenets.train.augment import AugmentConfig, augment, normalize
+from mobilenets.train.engine import cpu_has_bf16
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def model(channels_last: bool):
+    m = mobilenets.create_model("mobilenet_v3_small", num_classes=10, resolution=32, cifar_stem=True).train()
+    return m.to(memory_format=torch.channels_last) if channels_last else m
+
+
+def timed(step_fn, batches, steps: int, warmup: int = 3) -> float:
+    """Images/s over ``steps`` steps after ``warmup``, data fetching included."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step_fn(*next(it))
+    n, t = 0, time.perf_counter()
+    for _ in range(steps):
+        x, y = next(it)
+        step_fn(x, y)
+        n += len(y)
+    return n / (time.perf_counter() - t)
+
+
+def make_step(net, bf16: bool):
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def seed_loop(root: Path, steps: int, workers: int) -> float:
+    from torchvision import datasets, transforms
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    ds = datasets.ImageFolder(str(root), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers, drop_last=True)
+    return timed(make_step(model(False), False), loader, steps)
+
+
+def our_loop(data, steps: int, channels_last: bool, bf16: bool) -> float:
+    pre, aug = cifar(32), AugmentConfig(pad_crop=4, flip=True)
+    g = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            perm = torch.randperm(len(data), generator=g)
+            for i in range(0, len(perm) - 127, 128):
+                x, y = data.batch(perm[i:i + 128])
+                yield normalize(augment(x, aug, pre, g), pre, channels_last), y
+    return timed(make_step(model(channels_last), bf16), batches(), steps)
+
+
+def ceiling(steps: int, bf16: bool) -> float:
+    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (128,))
+    return timed(make_step(model(True), bf16), iter(lambda: (x, y), None), steps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="/work/cifar10/train", help="ImageFolder tree of 32x32 JPEGs")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed-workers", type=int, default=0, help="DataLoader workers of the seed-style loop")
+    ap.add_argument("--decode-limit", type=int, default=0, help="decode only this many images (0: all)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    root = Path(args.data)
+    files, labels, names = scan_folder(root)
+    if args.decode_limit:
+        every = max(1, len(files) // args.decode_limit)
+        files, labels = files[::every], labels[::every]
+    t = time.perf_counter()
+    data = decode_files(files, labels, 32, names)
+    decode_s = time.perf_counter() - t
+    load = os.getloadavg()[0]
+    rows = {}
+    rows["seed (ImageFolder + PIL, NCHW fp32)"] = seed_loop(root, args.steps, args.seed_workers)
+    rows["ours fp32 NCHW"] = our_loop(data, args.steps, False, False)
+    rows["ours channels-last"] = our_loop(data, args.steps, True, False)
+    bf16 = cpu_has_bf16()
+    if bf16:
+        rows["ours channels-last + bf16"] = our_loop(data, args.steps, True, True)
+    rows["ceiling fp32 channels-last (no data)"] = ceiling(args.steps, False)
+    if bf16:
+        rows["ceiling bf16 channels-last (no data)"] = ceiling(args.steps, True)
+    base = rows["seed (ImageFolder + PIL, NCHW fp32)"]
+    per_epoch = 50_000
+    print(f"decoded {len(data)} images once in {decode_s:.1f}s "
+          f"({decode_s / len(data) * 1e3:.2f} ms/image; amortised over an epoch of {per_epoch} images)")
+    print(f"{'loop':42s} {'img/s':>8s} {'x seed':>7s}")
+    for k, v in rows.items():
+        print(f"{k:42s} {v:8.0f} {v / base:7.2f}")
+    best = max(v for k, v in rows.items() if k.startswith("ours"))
+    epoch_s = per_epoch / best + decode_s * per_epoch / len(data)
+    out = {"model": "mobilenet_v3_small 1.0, seed CIFAR stem (cifar_stem=3), 32x32, batch 128",
+           "threads": args.threads, "steps": args.steps, "load_avg_1min_at_start": load,
+           "load_avg_1min_at_end": os.getloadavg()[0], "torch": torch.__version__, "cpu_bf16": bf16,
+           "machine": platform.processor() or platform.machine(), "decode_s": decode_s, "decoded": len(data),
+           "images_per_s": rows, "ratio_vs_seed": {k: v / base for k, v in rows.items()},
+           "best_ours_incl_decode_amortised_over_one_epoch": per_epoch / epoch_s,
+           "best_over_fp32_ceiling": best / rows["ceiling fp32 channels-last (no data)"]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train_throughput.json").write_text(json.dumps(out, indent=1))
+    print(f"best of ours / seed: {best / base:.2f}x; / fp32 ceiling: {out['best_over_fp32_ceiling']:.2f}; "
+          f"with the one-time decode amortised over one epoch: "
+          f"{out['best_ours_incl_decode_amortised_over_one_epoch']:.0f} img/s; "
+          f"load average {load:.1f} -> {out['load_avg_1min_at_end']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,698 @@
+"""The training engine: ``fit`` (train + validate every epoch, run directory, resume) and
+``evaluate`` / ``evaluate_checkpoint`` (top-1, top-5, loss).
+
+Determinism: every epoch's shuffle and augmentation come from generators seeded by
+(seed, epoch, rank); the global RNG (dropout) is saved with the model, EMA, optimizer and step
+in one atomic ``state.pt`` per epoch. A resumed run therefore replays the epochs it missed and
+ends with the same metrics as an uninterrupted one. The learning rate is a pure function of
+the step, so no scheduler state is needed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.datasets import DataSplits, ImageTensors, LazyImageFolder, collate_skip, load_data
+from ..data.transforms import Preprocessing
+from ..errors import UsageError
+from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwrap
+from . import distributed as D
+from .augment import AugmentConfig, augment, normalize
+from .checkpoint import load_state, rng_state, save_state, set_rng_state
+from .recipes import get_recipe
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``config.json`` in the run directory is this, resolved."""
+    model: str = "mobilenet_v3_small"
+    data: str = "synthetic"
+    recipe: str = "default"
+    width: float | None = None
+    cifar_stem: int = 0
+    dropout: float | None = None
+    resolution: int | None = None
+    preset: str | None = None            # "cifar" | "imagenet"; default: from the data
+    weights: str | None = None           # fine-tune from this checkpoint (classifier re-initialised if needed)
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"               # sgd | rmsprop | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    no_decay_bn_bias: bool = True
+    schedule: str = "cosine"             # step | cosine | onecycle | linear | constant
+    warmup_epochs: float = 0.0
+    step_milestones: tuple = (0.5, 0.75)  # fractions of the run (step schedule)
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0               # 0: off; else EMA of weights, which is what is validated and saved
+    pad_crop: int = 4
+    flip: bool = True
+    cutout: int = 0
+    policy: str | None = None            # autoaugment | randaugment
+    channels_last: bool = True
+    bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
+    seed: int = 0
+    val_size: float = 0.1                # held out of train/ when a folder has no val/ (count or fraction)
+    strict: bool = False                 # unreadable images are errors instead of skipped
+    time_budget_min: float | None = None  # pick the epochs (<= epochs) that fit in this wall time
+    workers: int = 2                     # DataLoader workers for folders of large images
+    threads: int | None = None           # torch intra-op threads (None: torch's default)
+    device: str = "auto"
+    output: str | None = None
+    download: bool = True
+    eval_batch_size: int = 500
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["step_milestones"] = list(self.step_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "step_milestones" in d:
+            d["step_milestones"] = tuple(d["step_milestones"])
+        return cls(**d)
+
+
+def resolve_config(recipe: str = "default", **overrides) -> TrainConfig:
+    """Defaults <- the named recipe <- ``overrides`` (``None`` values mean "not given")."""
+    values = TrainConfig().to_dict()
+    values.update(get_recipe(recipe))
+    values["recipe"] = recipe
+    unknown = [k for k in overrides if k not in values]
+    if unknown:
+        raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig.from_dict(values)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.optimizer in ("sgd", "rmsprop", "adamw"), f"optimizer must be sgd, rmsprop or adamw: {cfg.optimizer!r}"),
+        (cfg.schedule in ("step", "cosine", "onecycle", "linear", "constant"),
+         f"schedule must be step, cosine, onecycle, linear or constant: {cfg.schedule!r}"),
+        (0 <= cfg.label_smoothing < 1, f"label smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+        (0 <= cfg.ema_decay < 1, f"ema decay must be in [0, 1), got {cfg.ema_decay}"),
+        (cfg.policy in (None, "autoaugment", "randaugment"), f"policy must be autoaugment or randaugment: "
+                                                              f"{cfg.policy!r}"),
+        (cfg.time_budget_min is None or cfg.time_budget_min > 0, "time budget must be > 0 minutes"),
+        (cfg.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
+        (cfg.bf16 in (True, False, "auto"), f"bf16 must be true, false or auto, got {cfg.bf16!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+# ---------------------------------------------------------------------------------------- pieces
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.bf16 == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and cpu_has_bf16()
+    return bool(cfg.bf16)
+
+
+def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """The learning rate of ``step`` (0-based) out of ``total``: warm-up then the schedule."""
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":  # as torch's OneCycleLR: lr/25 up to lr, cosine down to lr/25e4
+        warm = max(warm, 1)
+        lo, end = cfg.lr / 25, cfg.lr / 25e4
+        if step < warm:
+            return lo + (cfg.lr - lo) * step / warm
+        t = (step - warm) / max(total - warm, 1)
+        return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * t))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(total - warm, 1)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - t)
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** sum(step >= m * total for m in cfg.step_milestones)
+    return cfg.lr
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
+    if not no_decay_bn_bias or not weight_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "rmsprop":  # TF-style RMSProp of the MobileNet papers
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=0.0316, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class EMA:
+    """Exponential moving average of weights (float buffers averaged too), with timm's warm-up."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(unwrap(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        src = unwrap(model)
+        torch._foreach_lerp_(list(self.module.parameters()), list(src.parameters()), 1 - d)
+        for e, m in zip(self.module.buffers(), src.buffers(), strict=True):
+            if e.is_floating_point():
+                e.lerp_(m, 1 - d)
+            else:
+                e.copy_(m)
+
+
+class Reporter:
+    """Where the engine reports progress; the CLI swaps in rich progress bars."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        pass
+
+    def step(self, images: int, loss: float) -> None:
+        pass
+
+    def epoch_end(self, row: dict) -> None:
+        self.log(f"epoch {row['epoch']}/{row['epochs']}: loss {row['train_loss']:.4f}  "
+                 f"val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%  "
+                 f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.0f}s")
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+def _gen(*key: int) -> torch.Generator:
+    seed = 0
+    for k in key:
+        seed = (seed * 1_000_003 + int(k)) % (2**61 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def train_batches(data, cfg: TrainConfig, epoch: int, ctx: D.Context):
+    """(uint8 images, labels, unreadable files) of one epoch, shuffled by (seed, epoch), this rank's share."""
+    perm = torch.randperm(len(data), generator=_gen(cfg.seed, epoch, 17))
+    perm = D.shard(perm, ctx, pad=True)
+    bs = cfg.batch_size
+    steps = max(len(perm) // bs, 1)   # drop the last partial batch (stable BN, a fixed step count)
+    if isinstance(data, ImageTensors):
+        for i in range(steps):
+            x, y = data.batch(perm[i * bs:(i + 1) * bs])
+            yield x, y, []
+        return
+    loader = torch.utils.data.DataLoader(data, batch_size=bs, sampler=perm[: steps * bs].tolist(),
+                                         num_workers=cfg.workers, collate_fn=collate_skip, drop_last=True,
+                                         generator=_gen(cfg.seed, epoch, 29), persistent_workers=False)
+    yield from loader
+
+
+def steps_per_epoch(n: int, cfg: TrainConfig, ctx: D.Context) -> int:
+    per_rank = -(-n // ctx.world_size)
+    return max(per_rank // cfg.batch_size, 1)
+
+
+def _eval_batches(data, batch_size: int, ctx: D.Context, workers: int = 2):
+    index = D.shard(torch.arange(len(data)), ctx, pad=False)
+    if isinstance(data, ImageTensors):
+        for i in range(0, len(index), batch_size):
+            x, y = data.batch(index[i:i + batch_size])
+            yield x, y, []
+        return
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=index.tolist(), num_workers=workers,
+                                         collate_fn=collate_skip)
+    yield from loader
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Preprocessing, *, batch_size: int = 500,
+             device: torch.device | str = "cpu", channels_last: bool = False, ctx: D.Context | None = None,
+             label_map: torch.Tensor | None = None, workers: int = 2) -> dict:
+    """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``data`` (summed over ranks)."""
+    ctx = ctx or D.Context(device=torch.device(device))
+    was_training = model.training
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    skipped: list[tuple[str, str]] = []
+    for x, y, bad in _eval_batches(data, batch_size, ctx, workers):
+        skipped += bad
+        if len(y) == 0:
+            continue
+        if label_map is not None:
+            y = label_map[y]
+        logits = model(normalize(x, pre, channels_last, ctx.device)).float()
+        y = y.to(logits.device)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += len(y)
+    model.train(was_training)
+    loss_sum, correct1, correct5, count = D.all_reduce_sum([loss_sum, correct1, correct5, count], ctx)
+    if count == 0:
+        raise UsageError("the validation set has no readable images")
+    return {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "loss": loss_sum / count,
+            "images": int(count), "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------- model
+
+def build_model(cfg: TrainConfig, splits: DataSplits, reporter: Reporter) -> nn.Module:
+    from ..models import create_model
+    from ..models.registry import model_config
+
+    n = len(splits.class_names)
+    res = splits.preprocessing.resolution
+    if cfg.weights and Path(cfg.weights).is_file():
+        try:
+            model, _ = load_checkpoint(cfg.weights)
+        except UsageError:
+            from ..weights.io import from_weights, read_weights
+            tensors, md = read_weights(cfg.weights)
+            head = tensors.get("classifier.weight")
+            base = model_config(cfg.model, cfg.width, res, cifar_stem=cfg.cifar_stem, dropout=cfg.dropout,
+                                num_classes=int(head.shape[0]) if head is not None else 1000)
+            model = from_weights(tensors, md, what=cfg.weights, config=base)
+        reporter.log(f"loaded {cfg.weights} ({model.config.family}, width {model.config.width:g})")
+    elif cfg.weights:  # a weight source tag, e.g. "torchvision" or "timm.in1k"
+        model = create_model(cfg.model, pretrained=cfg.weights, width=cfg.width, resolution=res,
+                             cifar_stem=cfg.cifar_stem, dropout=cfg.dropout)
+        reporter.log(f"loaded {cfg.model} weights from {cfg.weights}")
+    else:
+        return create_model(cfg.model, width=cfg.width, num_classes=n, resolution=res, cifar_stem=cfg.cifar_stem,
+                            dropout=cfg.dropout)
+    model.train()
+    if model.config.num_classes != n:
+        reporter.log(f"classifier re-initialised for {n} classes (the checkpoint had {model.config.num_classes}); "
+                     f"all other layers loaded")
+        model.reset_classifier(n)
+    model.config = model.config.replace(resolution=res)
+    return model
+
+
+# ----------------------------------------------------------------------------------------- run dir
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.output:
+        return Path(cfg.output)
+    base = Path("runs") / "train"
+    for i in range(1, 10_000):
+        path = base / (cfg.model if i == 1 else f"{cfg.model}{i}")
+        if not path.exists():
+            return path
+    raise UsageError(f"too many runs in {base}")
+
+
+METRIC_FIELDS = ["epoch", "epochs", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+                 "images_per_s", "epoch_time_s", "elapsed_s"]
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    from ..weights.io import atomic_write
+    atomic_write(run_dir / "metrics.json", json.dumps(history, indent=1).encode())
+    lines = [",".join(METRIC_FIELDS)] + [",".join(_fmt(r[k]) for k in METRIC_FIELDS) for r in history]
+    atomic_write(run_dir / "metrics.csv", ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def plot_curves(run_dir: Path, history: list[dict]) -> None:
+    """``curves.png``: train/val loss and val top-1 per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], label="train")
+    a.plot(ep, [r["val_loss"] for r in history], label="val")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(ep, [r["train_top1"] for r in history], label="train top-1 (augmented)")
+    b.plot(ep, [r["val_top1"] for r in history], label="val top-1")
+    b.plot(ep, [r["val_top5"] for r in history], label="val top-5", alpha=0.5)
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy %")
+    b.legend()
+    fig.tight_layout()
+    tmp = run_dir / "curves.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(run_dir / "curves.png")
+
+
+# --------------------------------------------------------------------------------------------- fit
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_top1: float
+    best_epoch: int
+    last: dict
+    history: list[dict]
+    skipped: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    stopped: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+
+def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, reporter: Reporter | None = None,
+        **overrides) -> RunResult:
+    """Train ``cfg`` (or ``resolve_config(**overrides)``), validating and checkpointing every epoch.
+
+    ``resume``: a run directory; its ``config.json`` and ``state.pt`` are loaded and training
+    continues after the last finished epoch.
+    """
+    t0 = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").is_file():
+            raise UsageError(f"{run_dir} is not a run directory (no config.json)")
+        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    elif cfg is None:
+        cfg = resolve_config(**overrides)
+    ctx = D.setup(cfg.device)
+    reporter = reporter or Reporter()
+    if not ctx.is_main:
+        reporter = Reporter(enabled=False)
+    try:
+        return _fit(cfg, ctx, reporter, resume, t0)
+    finally:
+        reporter.close()
+        D.teardown(ctx)
+
+
+def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float) -> RunResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
+    splits = load_data(cfg.data, resolution=cfg.resolution, preset=cfg.preset, val_size=cfg.val_size, seed=cfg.seed,
+                       strict=cfg.strict, download=cfg.download and ctx.is_main)
+    pre = splits.preprocessing
+    if len(splits.train) < cfg.batch_size * ctx.world_size:
+        reporter.log(f"note: {len(splits.train)} training images, fewer than one batch of {cfg.batch_size} "
+                     f"per process: one smaller step per epoch")
+    model = build_model(cfg, splits, reporter).to(ctx.device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    bf16 = use_bf16(cfg, ctx.device)
+    optimizer = make_optimizer(model, cfg)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    aug = AugmentConfig(cfg.pad_crop, cfg.flip, cfg.cutout, cfg.policy)
+    spe = steps_per_epoch(len(splits.train), cfg, ctx)
+    meta = CheckpointMeta(cfg.model, model.config, pre, list(splits.class_names), {})
+    model.checkpoint_meta = meta
+
+    start_epoch, step, history, best, best_epoch, elapsed_before = 1, 0, [], -1.0, 0, 0.0
+    if resume is not None:
+        state = load_state(run_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        history, best, best_epoch = list(state["history"]), float(state["best"]), int(state["best_epoch"])
+        elapsed_before = float(state["elapsed_s"])
+        set_rng_state(state["rng"])
+        reporter.log(f"resuming {run_dir} after epoch {start_epoch - 1} of {cfg.epochs}")
+    else:
+        if ctx.is_main:
+            if (run_dir / "state.pt").exists():
+                raise UsageError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                                 f"or choose another --output")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.time_budget_min:
+            epochs = _epochs_for_budget(cfg, model, splits, pre, aug, bf16, ctx, t0, spe)
+            epochs = D.broadcast_object(epochs, ctx)
+            reporter.log(f"time budget {cfg.time_budget_min:g} min: {epochs} epochs "
+                         f"(upper limit {cfg.epochs})")
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
+        if ctx.is_main:
+            from ..weights.io import atomic_write
+            record = {**cfg.to_dict(), "resolved": {"preprocessing": pre.to_dict(), "class_names": splits.class_names,
+                                                    "data": splits.info, "bf16": bf16, "world_size": ctx.world_size,
+                                                    "threads": torch.get_num_threads(),
+                                                    "model_config": model.config.to_dict()}}
+            atomic_write(run_dir / "config.json", json.dumps(record, indent=1).encode())
+    D.barrier(ctx)
+
+    net = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    total = cfg.epochs * spe
+    deadline = cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    stopped = None
+    skipped: dict[str, str] = {}
+    reporter.log(f"training {cfg.model} on {splits.info.get('data')}: {len(splits.train)} train / "
+                 f"{len(splits.val)} val images, {len(splits.class_names)} classes, {cfg.epochs} epochs of {spe} "
+                 f"steps, recipe {cfg.recipe}, bf16 {'on' if bf16 else 'off'}, "
+                 f"{'channels-last' if cfg.channels_last else 'NCHW'}, {torch.get_num_threads()} threads, "
+                 f"{ctx.world_size} process(es) -> {run_dir}")
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        net.train()
+        te = time.perf_counter()
+        g = _gen(cfg.seed, epoch, ctx.rank, 101)
+        reporter.epoch_start(epoch, cfg.epochs, spe)
+        loss_sum = correct = seen = 0.0
+        for x, y, bad in train_batches(splits.train, cfg, epoch, ctx):
+            for p, r in bad:
+                skipped.setdefault(p, r)
+            if len(y) == 0:
+                continue
+            lr = lr_at(step, total, spe, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, ctx.device)
+            y = y.to(ctx.device, non_blocking=True)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(xb)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped; "
+                                       f"the last good checkpoint in {run_dir} is kept (lower --lr?)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            reporter.step(len(y) * ctx.world_size, loss.item())
+        train_time = time.perf_counter() - te
+        loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], ctx)
+        eval_model = ema.module if ema is not None else model
+        D.broadcast_buffers(eval_model, ctx)  # every rank validates with rank 0's BN statistics
+        ev = evaluate(eval_model, splits.val, pre, batch_size=cfg.eval_batch_size, device=ctx.device,
+                      channels_last=cfg.channels_last, ctx=ctx, workers=cfg.workers)
+        for p, r in ev.pop("skipped"):
+            skipped.setdefault(p, r)
+        elapsed = elapsed_before + time.perf_counter() - t0
+        row = {"epoch": epoch, "epochs": cfg.epochs, "lr": lr_at(step - 1, total, spe, cfg),
+               "train_loss": loss_sum / max(seen, 1), "train_top1": 100 * correct / max(seen, 1),
+               "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
+               "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - te,
+               "elapsed_s": elapsed}
+        history.append(row)
+        is_best = ev["top1"] > best
+        if is_best:
+            best, best_epoch = ev["top1"], epoch
+        if ctx.is_main:
+            extra = {"epoch": epoch, "val_top1": round(ev["top1"], 3), "recipe": cfg.recipe, "data": cfg.data,
+                     "val_size": splits.info.get("val_size"), "split_seed": splits.info.get("split_seed")}
+            eval_model.checkpoint_meta = meta
+            save_checkpoint(run_dir / "last.safetensors", eval_model, preprocessing=pre,
+                            class_names=list(splits.class_names), variant=cfg.model, extra=extra)
+            if is_best:
+                save_checkpoint(run_dir / "best.safetensors", eval_model, preprocessing=pre,
+                                class_names=list(splits.class_names), variant=cfg.model, extra=extra)
+            write_metrics(run_dir, history)
+            save_state(run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "ema": ema.module.state_dict() if ema is not None else None,
+                                 "epoch": epoch, "step": step, "history": history, "best": best,
+                                 "best_epoch": best_epoch, "elapsed_s": elapsed, "rng": rng_state()})
+            try:
+                plot_curves(run_dir, history)
+            except Exception as exc:  # noqa: BLE001  (a plot must never stop training)
+                reporter.log(f"note: could not plot curves: {exc}")
+        reporter.epoch_end(row)
+        D.barrier(ctx)
+        if deadline and epoch < cfg.epochs:
+            over = D.broadcast_object(elapsed + row["epoch_time_s"] > deadline, ctx)
+            if over:
+                stopped = f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch}"
+                reporter.log(stopped)
+                break
+
+    wall = elapsed_before + time.perf_counter() - t0
+    skipped_list = [{"path": p, "reason": r} for p, r in sorted(
+        {**{s.path: s.reason for s in splits.skipped}, **skipped}.items())]
+    result = RunResult(run_dir, best, best_epoch, history[-1] if history else {}, history, skipped_list, wall,
+                       stopped)
+    if ctx.is_main:
+        from ..weights.io import atomic_write
+        summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+        summary["skipped_count"] = len(skipped_list)
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+    return result
+
+
+def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: Preprocessing,
+                       aug: AugmentConfig, bf16: bool, ctx: D.Context, t0: float, spe: int) -> int:
+    """How many epochs fit in the time budget, timed on a copy (the real run's state is untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model).train()
+        opt = make_optimizer(probe, cfg)
+        g = torch.Generator().manual_seed(0)
+        batches = train_batches(splits.train, cfg, 0, ctx)
+        times = []
+        for i, (x, y, _) in enumerate(batches):
+            if i >= 12:
+                break
+            ts = time.perf_counter()
+            xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, ctx.device)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(probe(xb).float(), y.to(ctx.device), label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - ts)
+        step_s = sorted(times[2:] or times)[len(times[2:] or times) // 2]
+        probe.eval()
+        x, _, _ = next(_eval_batches(splits.val, cfg.eval_batch_size, ctx))
+        ts = time.perf_counter()
+        with torch.no_grad():
+            probe(normalize(x, pre, cfg.channels_last, ctx.device))
+        eval_s = (time.perf_counter() - ts) * len(splits.val) / max(len(x), 1) / ctx.world_size
+        del probe, opt
+    ema_s = 0.03 * step_s if cfg.ema_decay else 0.0
+    epoch_s = spe * (step_s + ema_s) * 1.08 + eval_s + 2.0  # + checkpoints and plot
+    left = cfg.time_budget_min * 60 - (time.perf_counter() - t0) - 30
+    return int(max(1, min(cfg.epochs, left // epoch_s)))
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = None, batch_size: int = 500,
+                        device: str = "auto", strict: bool = False, download: bool = True,
+                        channels_last: bool = False, val_size: int | float | None = None,
+                        seed: int | None = None) -> dict:
+    """Top-1/top-5/loss of a checkpoint on ``data``'s validation split, preprocessed as the checkpoint says.
+
+    A folder without ``val/``: the images training held out (``val_size``/``seed``, by default as
+    recorded in the checkpoint), or all of ``train/`` when the checkpoint records no split.
+    """
+    ctx = D.Context(device=D.pick_device(device))
+    if not Path(weights).is_file():
+        raise UsageError(f"no such checkpoint: {weights}")
+    try:
+        net, meta = load_checkpoint(weights, device=ctx.device)
+    except UsageError:
+        if model is None:
+            raise
+        from ..models.registry import model_config
+        from ..weights.io import from_weights, read_weights
+        tensors, md = read_weights(weights)
+        head = tensors.get("classifier.weight")
+        net = from_weights(tensors, md, what=str(weights), config=model_config(
+            model, num_classes=int(head.shape[0]) if head is not None else 1000)).to(ctx.device)
+        meta = net.checkpoint_meta
+    if model is not None and meta.variant and not _same_model(model, meta.variant, net.config.family):
+        raise UsageError(f"{weights} holds {meta.variant}, not {model}")
+    pre = meta.preprocessing
+    if pre is None:
+        from ..data.transforms import cifar, imagenet
+        pre = (cifar if net.config.cifar_stem else imagenet)(net.config.resolution)
+    names = meta.class_names
+    val_size = val_size if val_size is not None else meta.extra.get("val_size")
+    seed = seed if seed is not None else meta.extra.get("split_seed") or 0
+    splits = load_data(data, resolution=pre.resolution, preset=pre.kind, strict=strict, download=download,
+                       class_names=names, train=False, num_classes=net.config.num_classes, val_size=val_size,
+                       seed=seed)
+    if isinstance(splits.val, LazyImageFolder):
+        splits.val.pre = pre  # the checkpoint's crop and interpolation, not the data's defaults
+    label_map = None
+    if names is not None and list(splits.class_names) != list(names):
+        missing = [c for c in splits.class_names if c not in names]
+        if missing:
+            raise UsageError(f"the data has classes the checkpoint does not know: {', '.join(missing[:5])}")
+        label_map = torch.tensor([names.index(c) for c in splits.class_names])
+    elif names is None and len(splits.class_names) > net.config.num_classes:
+        raise UsageError(f"the data has {len(splits.class_names)} classes, the model {net.config.num_classes}")
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    res = evaluate(net, splits.val, pre, batch_size=batch_size, device=ctx.device, channels_last=channels_last,
+                   ctx=ctx, label_map=label_map)
+    skipped = [{"path": p, "reason": r} for p, r in res.pop("skipped")]
+    skipped += [{"path": s.path, "reason": s.reason} for s in splits.skipped]
+    return {**res, "weights": str(weights), "data": str(data), "split": splits.info.get("val"),
+            "preprocessing": pre.to_dict(), "skipped": skipped}
+
+
+def _same_model(name: str, variant: str, family: str) -> bool:
+    from ..models.registry import get_variant
+    try:
+        return get_variant(name).family == family or name == variant
+    except UsageError:
+        return False

@@ -1,0 +1,133 @@
+"""Data sets: spec parsing, ImageFolder trees (in memory), corrupt files, CIFAR's on-disk format."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilenets.data.datasets import (
+    DataSpec,
+    LazyImageFolder,
+    collate_skip,
+    held_out_split,
+    load_data,
+    parse_data_spec,
+    synthetic,
+)
+from mobilenets.data.transforms import cifar, eval_transform
+from mobilenets.errors import UsageError
+from mobilenets.train.augment import AugmentConfig, augment, cutout, normalize, pad_crop
+
+
+def make_tree(root, classes=("cat", "dog"), n=4, size=32, split="train", seed=0):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_parse_data_spec():
+    assert parse_data_spec("synthetic") == DataSpec("synthetic", None, 512)
+    assert parse_data_spec("synthetic:64").size == 64
+    assert parse_data_spec("cifar10:/x").kind == "cifar10"
+    assert parse_data_spec("folder:/x").path.name == "x"
+    for bad in ("imagenet:/x", "synthetic:abc", "cifar10:", "synthetic:1"):
+        with pytest.raises(UsageError):
+            parse_data_spec(bad)
+
+
+def test_folder_in_memory_matches_eval_transform(tmp_path):
+    make_tree(tmp_path, n=3)
+    make_tree(tmp_path, n=2, split="val", seed=1)
+    splits = load_data(f"folder:{tmp_path}")
+    assert splits.info["storage"] == "memory" and splits.preprocessing.kind == "cifar"
+    assert splits.class_names == ["cat", "dog"] and len(splits.train) == 6 and len(splits.val) == 4
+    assert splits.train.images.dtype == torch.uint8 and splits.train.images.shape[1:] == (3, 32, 32)
+    # in memory + batched normalisation == the eval transform of predict, per image
+    pre = splits.preprocessing
+    ref = eval_transform(pre)(Image.open(splits.val.files[0]).convert("RGB"))
+    ours = normalize(splits.val.images[:1], pre)[0]
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_held_out_split_is_seeded(tmp_path):
+    make_tree(tmp_path, n=10)
+    a = load_data(f"folder:{tmp_path}", val_size=4, seed=3)
+    b = load_data(f"folder:{tmp_path}", val_size=4, seed=3)
+    assert len(a.val) == 4 and len(a.train) == 16 and a.val.files == b.val.files
+    assert not set(a.val.files) & set(a.train.files)
+    assert a.info["val_size"] == 4 and a.info["split_seed"] == 3
+    tr, va = held_out_split(100, 0.2, 0)
+    assert len(va) == 20 and len(tr) == 80
+
+
+def test_corrupt_image_skipped_or_strict(tmp_path):
+    make_tree(tmp_path, n=3)
+    make_tree(tmp_path, n=2, split="val")
+    bad = tmp_path / "train" / "cat" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        splits = load_data(f"folder:{tmp_path}")
+    assert len(splits.train) == 6 and [s.path for s in splits.skipped] == [str(bad)]
+    with pytest.raises(UsageError, match="broken.jpg"):
+        load_data(f"folder:{tmp_path}", strict=True)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(UsageError, match="no such directory"):
+        load_data(f"folder:{tmp_path / 'nope'}")
+    make_tree(tmp_path, n=2)
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(UsageError, match="empty class folder.*empty"):
+        load_data(f"folder:{tmp_path}")
+    (tmp_path / "train" / "empty").rmdir()
+    make_tree(tmp_path, classes=("cat", "bird"), n=1, split="val")
+    with pytest.raises(UsageError, match="classes that training lacks: bird"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_large_images_are_lazy(tmp_path):
+    make_tree(tmp_path, n=2, size=100)
+    (tmp_path / "train" / "dog" / "bad.jpg").write_bytes(b"xx")
+    splits = load_data(f"folder:{tmp_path}", resolution=64, val_size=2)
+    assert splits.info["storage"] == "lazy" and splits.preprocessing.kind == "imagenet"
+    assert isinstance(splits.train, LazyImageFolder)
+    batch = collate_skip([splits.train[i] for i in range(len(splits.train))])
+    assert batch[0].shape[1:] == (3, 64, 64) and batch[0].dtype == torch.uint8
+    if (tmp_path / "train" / "dog" / "bad.jpg").as_posix() in splits.train.files:
+        assert batch[2] and batch[2][0][0].endswith("bad.jpg")
+
+
+def test_cifar_torchvision_format(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 6)]:
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        with open(base / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    splits = load_data(f"cifar10:{tmp_path}", download=False)
+    assert len(splits.train) == 20 and len(splits.val) == 6 and splits.class_names[3] == "c3"
+    assert splits.train.images.shape == (20, 3, 32, 32)
+    with pytest.raises(UsageError, match="cifar-100-python"):
+        load_data(f"cifar100:{tmp_path}", download=False)
+
+
+def test_batched_augmentation_is_seeded_and_shaped():
+    data = synthetic(16, 4, 32)
+    pre = cifar()
+    cfg = AugmentConfig(pad_crop=4, flip=True, cutout=8)
+    a = augment(data.images, cfg, pre, torch.Generator().manual_seed(1))
+    b = augment(data.images, cfg, pre, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == data.images.shape and a.dtype == torch.uint8
+    x = torch.full((2, 3, 8, 8), 7, dtype=torch.uint8)
+    crop = pad_crop(x, 2, torch.Generator().manual_seed(0))
+    assert crop.shape == x.shape and set(crop.unique().tolist()) <= {0, 7}
+    holes = cutout(x, 4, torch.Generator().manual_seed(0))
+    assert (holes == 0).sum() > 0

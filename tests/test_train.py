@@ -1,0 +1,203 @@
+"""Training engine: run directory, resume after an interruption (same metrics), NaN stop,
+fine-tuning, time budget, schedules, the CLI verbs and two-process DDP on CPU.
+
+Seconds-long runs on synthetic data at 16x16 with a thin model.
+"""
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from typer.testing import CliRunner
+
+from mobilenets.cli import app
+from mobilenets.errors import UsageError
+from mobilenets.train import Reporter, TrainingDiverged, evaluate_checkpoint, fit, lr_at, resolve_config
+from mobilenets.weights.io import load_checkpoint
+
+TINY = dict(model="mobilenet_v3_small", width=0.25, cifar_stem=3, resolution=16, batch_size=32, threads=1,
+            data="synthetic:128", eval_batch_size=64)
+runner = CliRunner()
+
+
+def tiny(tmp_path, name="run", **kw):
+    return resolve_config(**{"recipe": "default", "epochs": 2, "output": str(tmp_path / name), **TINY, **kw})
+
+
+class Interrupt(Reporter):
+    """Simulates a kill after ``after`` epochs (their state is on disk)."""
+
+    def __init__(self, after):
+        super().__init__(enabled=False)
+        self.after = after
+
+    def epoch_end(self, row):
+        if row["epoch"] == self.after:
+            raise KeyboardInterrupt
+
+
+class Capture(Reporter):
+    def __init__(self):
+        super().__init__(enabled=False)
+        self.lines = []
+
+    def log(self, message):
+        self.lines.append(message)
+
+
+def test_fit_writes_a_run_directory(tmp_path):
+    result = fit(tiny(tmp_path), reporter=Reporter(enabled=False))
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.csv", "metrics.json", "best.safetensors", "last.safetensors", "state.pt",
+                 "curves.png", "summary.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob("*.tmp"))
+    assert len(result.history) == 2 and 0 <= result.best_top1 <= 100
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == "default" and config["resolved"]["preprocessing"]["kind"] == "cifar"
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,epochs,lr,train_loss")
+    model, meta = load_checkpoint(run / "best.safetensors")
+    assert meta.class_names == [f"class_{i}" for i in range(10)] and meta.preprocessing.resolution == 16
+    assert meta.variant == "mobilenet_v3_small" and model.config.cifar_stem == 3
+    # eval on the same split gives the training's last val figure (EMA weights are what is saved)
+    ev = evaluate_checkpoint(run / "last.safetensors", "synthetic:128")
+    assert ev["top1"] == pytest.approx(result.last["val_top1"]) and ev["images"] == 32
+    assert ev["loss"] == pytest.approx(result.last["val_loss"], rel=1e-4)
+
+
+def test_resume_after_interruption_gives_the_same_metrics(tmp_path):
+    whole = fit(tiny(tmp_path, "whole", epochs=3), reporter=Reporter(enabled=False))
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(tmp_path, "cut", epochs=3), reporter=Interrupt(after=2))
+    cut = tmp_path / "cut"
+    assert len(json.loads((cut / "metrics.json").read_text())) == 2
+    resumed = fit(resume=cut, reporter=Reporter(enabled=False))
+    drop = ("epoch_time_s", "elapsed_s", "images_per_s")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    a = load_checkpoint(tmp_path / "whole" / "last.safetensors")[0].state_dict()
+    b = load_checkpoint(cut / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(tmp_path, epochs=2), reporter=Interrupt(after=1))
+    run = tmp_path / "run"
+    before = {n: (run / n).read_bytes() for n in ("state.pt", "last.safetensors")}
+    config = json.loads((run / "config.json").read_text())
+    config["lr"] = float("inf")
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TrainingDiverged, match="loss is nan|loss is inf"):
+        fit(resume=run, reporter=Reporter(enabled=False))
+    assert {n: (run / n).read_bytes() for n in before} == before
+
+
+def test_fine_tune_with_new_classes(tmp_path):
+    fit(tiny(tmp_path, "base", epochs=1, recipe="baseline"), reporter=Reporter(enabled=False))
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / "train" / c / f"{i}.png")
+    cap = Capture()
+    result = fit(tiny(tmp_path, "ft", epochs=1, data=f"folder:{tmp_path / 'imgs'}", val_size=6,
+                      weights=str(tmp_path / "base" / "best.safetensors")), reporter=cap)
+    assert any("classifier re-initialised for 3 classes (the checkpoint had 10)" in line for line in cap.lines)
+    model, meta = load_checkpoint(result.run_dir / "best.safetensors")
+    assert model.config.num_classes == 3 and meta.class_names == ["a", "b", "c"]
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["resolved"]["data"]["val_size"] == 6
+    # eval finds the held-out images again from what the checkpoint records
+    ev = evaluate_checkpoint(result.run_dir / "last.safetensors", f"folder:{tmp_path / 'imgs'}")
+    assert ev["images"] == 6 and ev["top1"] == pytest.approx(result.last["val_top1"])
+    assert evaluate_checkpoint(result.run_dir / "last.safetensors", f"folder:{tmp_path / 'imgs'}",
+                               val_size=None)["images"] == 6  # None here means "as recorded"
+
+
+def test_time_budget_picks_the_epochs(tmp_path):
+    cap = Capture()
+    result = fit(tiny(tmp_path, epochs=1000, time_budget_min=0.1), reporter=cap)
+    epochs = json.loads((result.run_dir / "config.json").read_text())["epochs"]
+    assert 1 <= epochs < 1000 and len(result.history) <= epochs
+    assert any("time budget" in line for line in cap.lines)
+
+
+def test_schedules():
+    base = resolve_config("baseline", epochs=4)
+    lrs = [lr_at(s, 40, 10, base) for s in range(40)]
+    assert lrs[0] == 0.1 and lrs[19] == 0.1 and lrs[20] == pytest.approx(0.01) and lrs[39] == pytest.approx(0.001)
+    cos = resolve_config("default", warmup_epochs=1)
+    assert lr_at(0, 100, 10, cos) == pytest.approx(0.01) and lr_at(9, 100, 10, cos) == pytest.approx(0.1)
+    assert lr_at(99, 100, 10, cos) < 1e-3
+    one = resolve_config("cifar10_60min")
+    assert lr_at(0, 1000, 10, one) == pytest.approx(one.lr / 25) and lr_at(999, 1000, 10, one) < one.lr / 1000
+    with pytest.raises(UsageError, match="unknown recipe"):
+        resolve_config("fastest")
+    with pytest.raises(UsageError, match="schedule"):
+        resolve_config(schedule="exp")
+
+
+def test_cli_train_and_eval(tmp_path):
+    out = tmp_path / "cli"
+    args = ["train", "mobilenet_v3_small", "--data", "synthetic:64", "--width", "0.25", "--cifar-stem",
+            "--resolution", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--output", str(out),
+            "--recipe", "baseline"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "best top-1" in result.stdout and (out / "best.safetensors").is_file()
+    ev = runner.invoke(app, ["eval", "mobilenet_v3_small", "--weights", str(out / "best.safetensors"),
+                             "--data", "synthetic:64", "--json"])
+    assert ev.exit_code == 0, ev.output
+    data = json.loads(ev.stdout)
+    assert {"top1", "top5", "loss", "images"} <= set(data) and data["preprocessing"]["kind"] == "cifar"
+    again = runner.invoke(app, args)  # the run directory is taken
+    assert again.exit_code == 2 and "--resume" in again.output
+    for bad, needle in ((["--data", f"folder:{tmp_path / 'none'}"], "no such directory"),
+                        (["--data", "imagenet:x"], "--data must be"), (["--data", "synthetic", "--recipe", "x"],
+                                                                         "unknown recipe")):
+        r = runner.invoke(app, ["train", "mobilenet_v3_small", *bad, "--output", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and needle in r.output, r.output
+    r = runner.invoke(app, ["eval", "mobilenet_v3_small", "--weights", str(tmp_path / "no.safetensors"),
+                            "--data", "synthetic"])
+    assert r.exit_code == 2 and "no such checkpoint" in r.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg_dict, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from mobilenets.train.engine import TrainConfig
+    result = fit(TrainConfig.from_dict(cfg_dict), reporter=Reporter(enabled=False))
+    queue.put((rank, result.history[-1]["val_top1"], result.history[-1]["train_loss"]))
+
+
+def test_distributed_two_processes_on_cpu(tmp_path):
+    cfg = tiny(tmp_path, "ddp", epochs=1, device="cpu")
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, cfg.to_dict(), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    results = sorted(queue.get() for _ in range(2))
+    assert results[0][1:] == results[1][1:]  # metrics are all-reduced: every rank reports the same
+    run = tmp_path / "ddp"
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2 and (run / "best.safetensors").is_file()
+    steps = json.loads((run / "metrics.json").read_text())
+    assert len(steps) == 1
