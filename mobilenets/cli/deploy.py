@@ -44,6 +44,12 @@ def export_cmd(
     report: Annotated[bool, typer.Option("--report", help="int8: size, accuracy and latency vs fp32")] = False,
     min_agreement: Annotated[float, typer.Option(help="int8/bf16: least top-1 agreement with PyTorch")] = 0.5,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the runtime check (not advised)")] = False,
+    qat_epochs: Annotated[int, typer.Option(help="int8: epochs of quantization-aware fine-tuning on --calib "
+                                            "(labelled: a dataset spec or class folders); 0 = post-training "
+                                            "quantization")] = 0,
+    qat_lr: Annotated[float | None, typer.Option(help="QAT learning rate (SGD, cosine; default 1e-3)")] = None,
+    qat_images: Annotated[int | None, typer.Option(help="QAT: at most this many training images per epoch "
+                                                   "(default 10000)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Export to ONNX, OpenVINO IR or TFLite, verified in its runtime against PyTorch."""
@@ -54,7 +60,8 @@ def export_cmd(
     try:
         result = export(net, format, output, int8=int8, calib=calib, resolution=resolution, batch=_batch(batch),
                         precision=precision, nhwc=nhwc, verify=not no_verify, calib_size=calib_size,
-                        min_agreement=min_agreement, report=report)
+                        min_agreement=min_agreement, report=report, qat_epochs=qat_epochs, qat_lr=qat_lr,
+                        qat_max_images=-1 if qat_images is None else qat_images)
     except VerificationError as exc:
         fail(f"verification failed: {exc}", code=1)
     if as_json:
@@ -74,6 +81,11 @@ def export_cmd(
             table.add_row("top-1 torch / export", f"{v['top1_torch']:.1%} / {v['top1_export']:.1%}")
     else:
         table.add_row("verified", "no (--no-verify)")
+    q = result.qat
+    if q:
+        last = q["history"][-1] if q.get("history") else {}
+        table.add_row("QAT", f"{q['epochs']} epoch(s), {q['steps']} steps on {q['data'].get('images')} images, "
+                      f"lr {q['lr']:g}" + (f", last train loss {last['train_loss']:.3f}" if last else ""))
     r = result.report
     if r:
         sizes = r["size_bytes"]

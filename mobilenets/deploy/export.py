@@ -53,6 +53,7 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     verification: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    qat: dict = field(default_factory=dict)
 
     @property
     def size_bytes(self) -> int:
@@ -79,7 +80,8 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
            calib=None, resolution: int | None = None, batch: int | str = 1, precision: str | None = None,
            nhwc: bool = False, verify: bool = True, weights: str | None = None, opset: int = DEFAULT_OPSET,
            calib_size: int = DEFAULT_CALIB_SIZE, min_agreement: float = 0.5, report: bool = False,
-           verbose: bool = False) -> ExportResult:
+           verbose: bool = False, qat_epochs: int = 0, qat_lr: float | None = None,
+           qat_batch_size: int | None = None, qat_max_images: int | None = -1, qat_data=None) -> ExportResult:
     """Export ``model`` (a MobileNet, a model name, or a checkpoint path) as ``fmt``.
 
     ``int8``: post-training static quantization with ``calib`` (a directory of images, a dataset
@@ -90,6 +92,11 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     the logits; int8/bf16: top-1 agreement >= ``min_agreement``); a failure raises
     ``VerificationError`` and nothing is written. ``report``: for int8, also measure fp32 vs int8
     size, accuracy (labelled calibration data) and latency on the same runtime.
+    ``qat_epochs``: 0 (default) is post-training quantization; N > 0 (int8, ONNX or OpenVINO) is
+    quantization-aware fine-tuning for N epochs on ``calib``, which must then be labelled (a
+    dataset spec or class folders): see ``mobilenets.deploy.qat`` (``qat_lr``, ``qat_batch_size``,
+    ``qat_max_images``: its learning rate, batch and training images, -1 meaning its default;
+    ``qat_data``: labelled training data other than ``calib``, e.g. a data set already in memory).
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -104,6 +111,15 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         raise UsageError(f"batch must be a positive integer or 'dynamic', got {batch!r}")
     if batch == "dynamic" and fmt == "tflite":
         raise UsageError("TFLite files have a fixed batch: pass an integer batch")
+    if not isinstance(qat_epochs, int) or isinstance(qat_epochs, bool) or qat_epochs < 0:
+        raise UsageError(f"qat_epochs must be an integer >= 0 (0: post-training quantization), got {qat_epochs!r}")
+    if qat_epochs and precision != "int8":
+        raise UsageError("quantization-aware fine-tuning produces an int8 model: add --int8")
+    if qat_epochs and fmt not in ("onnx", "openvino"):
+        raise UsageError(f"quantization-aware fine-tuning exports onnx or openvino, not {fmt} "
+                         f"(TFLite int8 is post-training only)")
+    if qat_epochs:
+        _require_torchao()
     backend = RUNTIME[fmt]
     require(backend)  # a missing runtime is reported before any work
     if fmt == "tflite":
@@ -125,6 +141,13 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         if calib_set.images.shape[1:] != (chans, res, res):
             raise UsageError(f"calibration images are {tuple(calib_set.images.shape[1:])}, the model takes "
                              f"{(chans, res, res)}")
+    qat_data = None
+    if qat_epochs:
+        from . import qat
+        qat._check_schedule(qat_epochs, qat.DEFAULT_LR if qat_lr is None else qat_lr,
+                            qat_batch_size or qat.DEFAULT_BATCH)
+        qat_data = qat.load_training_data(calib if qat_data is None else qat_data, net, pre,
+                                          max_images=qat.DEFAULT_MAX_IMAGES if qat_max_images == -1 else qat_max_images)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
@@ -134,11 +157,19 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         example = torch.zeros((fixed, res, res, chans) if nhwc else (fixed, chans, res, res))
         fp32_file = work / f"fp32{SUFFIX[fmt]}"
         converters = {"onnx": _to_onnx, "openvino": _to_openvino, "tflite": _to_tflite}
-        # TFLite int8 converts from the torch module; its fp32 file is only needed for the report.
-        if not (fmt == "tflite" and precision == "int8" and not report):
+        # TFLite int8 and QAT convert from the torch module; their fp32 file is only needed for the report.
+        if not ((fmt == "tflite" or qat_epochs) and precision == "int8" and not report):
             converters[fmt](deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
         final = fp32_file
-        if precision == "int8":
+        qat_info: dict = {}
+        if precision == "int8" and qat_epochs:
+            final = work / f"int8{SUFFIX[fmt]}"
+            qm = qat.finetune(net, qat_data, calib_set.images, epochs=qat_epochs,
+                              lr=qat.DEFAULT_LR if qat_lr is None else qat_lr,
+                              batch_size=qat_batch_size or qat.DEFAULT_BATCH, resolution=res, nhwc=nhwc, pre=pre)
+            qat.save_int8(qm, fmt, final, batch=batch, opset=opset, verbose=verbose)
+            qat_info = qm.info
+        elif precision == "int8":
             from . import quantize
             calib_nchw = calib_set.images
             final = work / f"int8{SUFFIX[fmt]}"
@@ -162,12 +193,14 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         meta["verification"] = verification
         if quant_report:
             meta["quantization_report"] = quant_report
+        if qat_info:
+            meta["qat"] = qat_info
         files = _install(final, out, fmt)
         side = out.with_suffix(".json")
         _atomic_text(side, json.dumps(meta, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, side, fmt, precision, backend, files, verification, quant_report)
+    return ExportResult(out, side, fmt, precision, backend, files, verification, quant_report, qat_info)
 
 
 def resolve_model(model, weights: str | None = None) -> MobileNet:
@@ -303,6 +336,13 @@ def _require_litert_torch():
         raise UsageError("TFLite export needs LiteRT's PyTorch converter: pip install litert-torch ai-edge-litert") \
             from None
     return litert_torch
+
+
+def _require_torchao() -> None:
+    try:
+        import torchao.quantization.pt2e  # noqa: F401
+    except ImportError:
+        raise UsageError("quantization-aware fine-tuning needs torchao (PT2E): pip install torchao") from None
 
 
 def _require_quantizer(fmt: str, precision: str) -> None:

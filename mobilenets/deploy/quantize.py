@@ -5,8 +5,8 @@
 * OpenVINO: NNCF's ``nncf.quantize`` on the IR (``quantize_openvino``).
 * TFLite: PT2E with LiteRT's quantizer, then litert-torch's converter (``quantize_tflite``).
 
-Quantization-aware fine-tuning is not here yet: when PTQ loses too much, fine-tune the float
-model (the TF-slim seed trains quantized from a float checkpoint) and quantize again.
+When PTQ loses too much, quantization-aware fine-tuning (``qat.py``, ``export(..., qat_epochs=N)``)
+trains the model against simulated int8, as the TF-slim seed trains quantized from a float checkpoint.
 """
 from __future__ import annotations
 
