@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-import torchvision
+from conftest import random_torchvision_v3_small
 
 from mobilenets import UsageError, create_model
 from mobilenets.weights import hub, sources
@@ -98,22 +98,8 @@ def test_interrupted_download_leaves_nothing(home, monkeypatch):
     assert list(home.iterdir()) == []
 
 
-def _random_torchvision_v3_small():
-    ref = torchvision.models.mobilenet_v3_small().eval()
-    with torch.no_grad():
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            elif isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, 0, 0.1)
-    return ref
-
-
 def test_create_model_pretrained_downloads_verifies_and_converts(home, tmp_path, monkeypatch):
-    ref = _random_torchvision_v3_small()
+    ref = random_torchvision_v3_small()
     remote = tmp_path / "mobilenet_v3_small-test.pth"
     torch.save(ref.state_dict(), remote)
     sha = hashlib.sha256(remote.read_bytes()).hexdigest()

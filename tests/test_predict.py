@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import random_torchvision_v3_small
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -124,22 +125,8 @@ def test_cli_predict_exit_codes_and_json(trained, tmp_path):
         assert pattern in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def _random_torchvision_v3_small():
-    ref = torchvision.models.mobilenet_v3_small().eval()
-    with torch.no_grad():
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            elif isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, 0, 0.1)
-    return ref
-
-
 def test_converted_torchvision_checkpoint_predicts_the_reference_top5(tmp_path):
-    ref = _random_torchvision_v3_small()
+    ref = random_torchvision_v3_small()
     torch.save(ref.state_dict(), tmp_path / "mobilenet_v3_small-random.pth")
     out = tmp_path / "mv3s.safetensors"
     res = runner.invoke(app, ["convert", str(tmp_path / "mobilenet_v3_small-random.pth"), "--from", "torchvision",
