@@ -201,3 +201,38 @@ def test_distributed_two_processes_on_cpu(tmp_path):
     assert config["resolved"]["world_size"] == 2 and (run / "best.safetensors").is_file()
     steps = json.loads((run / "metrics.json").read_text())
     assert len(steps) == 1
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A real SIGKILL in the middle of a run (a separate process), then `--resume`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    args = [sys.executable, "-m", "mobilenets", "train", "mobilenet_v3_small", "--data", "synthetic:384",
+            "--width", "0.25", "--stem-layers", "3", "--resolution", "16", "--batch-size", "32", "--threads", "1",
+            "--epochs", "4", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([*args, "--output", str(tmp_path / "whole")], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*args, "--output", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (cut / "metrics.json").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = len(json.loads((cut / "metrics.json").read_text()))
+    assert 1 <= done < 4, "the kill should land mid-run"
+    resumed = subprocess.run([sys.executable, "-m", "mobilenets", "train", "--resume", str(cut)], env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    drop = ("epoch_time_s", "elapsed_s", "images_per_s")
+    rows = lambda d: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
+                      for r in json.loads((d / "metrics.json").read_text())]
+    assert rows(cut) == rows(tmp_path / "whole") and len(rows(cut)) == 4
+    a = load_checkpoint(tmp_path / "whole" / "last.safetensors")[0].state_dict()
+    b = load_checkpoint(cut / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -473,6 +473,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         history, best, best_epoch = list(state["history"]), float(state["best"]), int(state["best_epoch"])
         elapsed_before = float(state["elapsed_s"])
         set_rng_state(state["rng"])
+        if ctx.is_main:
+            write_metrics(run_dir, history)  # a kill may have landed between the state and the metrics
         reporter.log(f"resuming {run_dir} after epoch {start_epoch - 1} of {cfg.epochs}")
     else:
         if ctx.is_main:
@@ -567,11 +569,14 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             if is_best:
                 save_checkpoint(run_dir / "best.safetensors", eval_model, preprocessing=pre,
                                 class_names=list(splits.class_names), variant=cfg.model, extra=extra)
-            write_metrics(run_dir, history)
+            # Checkpoints, then the run state, then the metrics: a kill before the state replays this
+            # epoch (rewriting the same checkpoints); a kill after it loses only metrics, which
+            # --resume rewrites from the state.
             save_state(run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "ema": ema.module.state_dict() if ema is not None else None,
                                  "epoch": epoch, "step": step, "history": history, "best": best,
                                  "best_epoch": best_epoch, "elapsed_s": elapsed, "rng": rng_state()})
+            write_metrics(run_dir, history)
             try:
                 plot_curves(run_dir, history)
             except Exception as exc:  # noqa: BLE001  (a plot must never stop training)
