@@ -55,15 +55,17 @@ class Entry:
         return asdict(self)
 
 
-def frontier(entries: Sequence[Entry]) -> list[Entry]:
-    """Entries with a published top-1 that no faster entry beats in accuracy (sorted by latency)."""
+def frontier(entries: Sequence[Entry], cost: str = "median_ms") -> list[Entry]:
+    """Entries with a published top-1 that no cheaper entry beats in accuracy, sorted by ``cost``
+    ("median_ms" or "macs"); with latency as the cost, marks ``Entry.frontier``."""
     best, out = -1.0, []
-    for e in sorted((e for e in entries if e.top1 is not None), key=lambda e: (e.median_ms, -e.top1)):
+    for e in sorted((e for e in entries if e.top1 is not None), key=lambda e: (getattr(e, cost), -e.top1)):
         if e.top1 > best:
             best = e.top1
             out.append(e)
-    for e in entries:
-        e.frontier = any(e is f for f in out)
+    if cost == "median_ms":
+        for e in entries:
+            e.frontier = any(e is f for f in out)
     return out
 
 
@@ -211,9 +213,9 @@ def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budge
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     pts = [e for e in entries if e.top1 is not None]
-    front = frontier(list(entries))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     families = sorted({e.family for e in pts})
     colours = dict(zip(families, plt.cm.tab10.colors, strict=False))
@@ -228,12 +230,17 @@ def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budge
                 label = e.name.replace("mobilenet_", "").replace("mobilenext_", "next_")
                 ax.annotate(label + (" int8" if e.precision == "int8" else ""), (x, e.top1),
                             fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
-        if xkey == "median_ms" and front:
-            ax.step([e.median_ms for e in front], [e.top1 for e in front], where="post", color="black", lw=1,
-                    alpha=0.6, label="frontier")
-            if budget_ms:
-                ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
+        front = frontier(list(entries), xkey)
+        if front:
+            scale = 1e6 if xkey == "macs" else 1
+            ax.step([getattr(e, xkey) / scale for e in front], [e.top1 for e in front], where="post", color="black",
+                    lw=1, alpha=0.6, label="frontier")
+        if xkey == "median_ms" and budget_ms:
+            ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("published ImageNet top-1 (%)")
         ax.grid(alpha=0.3, which="both")
