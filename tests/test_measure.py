@@ -120,3 +120,20 @@ def test_cli_bench_table_and_files(tmp_path):
     assert res.exit_code == 0, res.output
     assert "mobilenet_v3_small_075" in res.stdout and "img/s" in res.stdout and "timm" in res.stdout
     assert json.loads((tmp_path / "r.json").read_text())["settings"]["batch"] == 2
+
+
+def test_session_runner_matches_run_in_every_layout(tmp_path):
+    import numpy as np
+
+    from mobilenets import create_model
+    from mobilenets.deploy.export import export
+    from mobilenets.deploy.runtimes import open_session
+    model = create_model("mobilenet_v3_small", width=0.35, resolution=32, num_classes=5).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    sessions = [open_session(model)]
+    if installed_backends(["onnxruntime"])[0]:
+        sessions.append(open_session(export(model, "onnx", tmp_path / "nchw").path))
+    if installed_backends(["litert"])[0]:
+        sessions.append(open_session(export(model, "tflite", tmp_path / "nhwc", nhwc=True).path))
+    for s in sessions:
+        assert np.allclose(s.runner(x)(), s.run(x), atol=1e-5), s

@@ -98,7 +98,7 @@ def _file_size_mb(row: benchmod.BenchRow) -> float | None:
     if fmt is None:
         return None
     key = benchmod._key(row.model, row.resolution, row.width, "ours")
-    f = benchmod._cached_file(benchmod.export_cache() / key / f"{fmt}-{row.precision}-b{row.batch}", fmt)
+    f = benchmod._cached_file(benchmod.export_dir(key, fmt, row.precision, row.batch), fmt)
     if f is None:
         return None
     total = f.stat().st_size + (f.with_suffix(".bin").stat().st_size if f.with_suffix(".bin").is_file() else 0)
