@@ -13,13 +13,13 @@ import importlib
 import importlib.metadata
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
+from ..measure import latency as _latency
 
 BACKENDS = ("torch", "compile", "onnxruntime", "openvino", "litert")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -344,41 +344,19 @@ def _session_for_module(model, backend: str, *, threads: int, precision: str) ->
     return session
 
 
-def latency(session: Session, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> dict:
-    """Median / p90 / min milliseconds of ``session.run(x)`` after ``warmup`` runs."""
-    for _ in range(warmup):
-        session.run(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return summarize(times)
-
-
 def summarize(times_ms: list[float]) -> dict:
-    a = np.asarray(times_ms)
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "min_ms": float(a.min()),
-            "runs": int(a.size)}
+    """Median / p90 / min milliseconds and the run count (``measure.latency.summarize`` as a dict)."""
+    t = _latency.summarize(times_ms)
+    return {"median_ms": t.median_ms, "p90_ms": t.p90_ms, "min_ms": t.min_ms, "runs": t.runs}
 
 
 def interleaved_times(sessions: dict[str, Session], x: np.ndarray, *, warmup: int = 10, rounds: int = 20,
                       per_round: int = 10) -> dict[str, list[float]]:
-    """Milliseconds of every run of several sessions measured in alternating rounds (the order
-    reversed every other round), so that the load of a shared machine hits them all alike."""
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(x)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for r in range(rounds):
-        order = list(sessions) if r % 2 == 0 else list(reversed(list(sessions)))
-        for k in order:
-            s = sessions[k]
-            for _ in range(per_round):
-                t = time.perf_counter()
-                s.run(x)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return times
+    """Milliseconds of every ``run(x)`` of several sessions, ``per_round`` runs each in ``rounds``
+    alternating rounds (``measure.latency.interleaved_times``), so that the load of a shared
+    machine hits them all alike."""
+    runners = {k: (lambda s=s: s.run(x)) for k, s in sessions.items()}
+    return _latency.interleaved_times(runners, warmup=warmup, iters=rounds * per_round, rounds=rounds)
 
 
 def interleaved_latency(sessions: dict[str, Session], x: np.ndarray, *, warmup: int = 10, rounds: int = 20,

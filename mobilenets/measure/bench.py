@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UsageError
 from ..models import create_model, get_variant
+from ..weights.io import atomic_write
 from . import latency
 
 # What each backend can run. bf16 only where the CPU has native bf16 (checked at run time).
@@ -89,7 +90,7 @@ class BenchReport:
         return min(rows, key=lambda r: r.timing.median_ms, default=None)
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        return _atomic_text(Path(path), json.dumps(self.to_dict(), indent=1))
+        return atomic_write(Path(path), json.dumps(self.to_dict(), indent=1).encode())
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         cols = ["model", "impl", "backend", "precision", "width", "resolution", "batch", "threads", "macs", "params",
@@ -99,15 +100,7 @@ class BenchReport:
             t = r.timing.to_dict()
             vals = {**asdict(r), **t}
             lines.append(",".join("" if vals.get(c) is None else str(vals[c]) for c in cols))
-        return _atomic_text(Path(path), "\n".join(lines) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(Path(path), ("\n".join(lines) + "\n").encode())
 
 
 def export_cache() -> Path:

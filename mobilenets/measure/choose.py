@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models import VARIANTS
+from ..weights.io import atomic_write
 from . import bench as benchmod
 from . import latency
 
@@ -257,4 +258,4 @@ def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budge
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    return benchmod._atomic_text(Path(path), json.dumps(obj, indent=1))
+    return atomic_write(Path(path), json.dumps(obj, indent=1).encode())

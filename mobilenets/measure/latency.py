@@ -54,11 +54,12 @@ def summarize(times_ms, batch: int = 1) -> Timing:
     return Timing(med, float(a.mean()), p10, p90, float(a.min()), (p90 - p10) / med, int(a.size), batch)
 
 
-def interleaved(runners: dict[Hashable, Callable[[], object]], *, warmup: int = 50, iters: int = 1000,
-                rounds: int = 10, batch: int = 1, on_round: Callable[[int], None] | None = None
-                ) -> dict[Hashable, Timing]:
-    """Time each zero-argument ``runner``: ``warmup`` calls each, then ``iters`` calls each spread
-    over ``rounds`` alternating rounds. Returns key -> ``Timing``."""
+def interleaved_times(runners: dict[Hashable, Callable[[], object]], *, warmup: int = 50, iters: int = 1000,
+                      rounds: int = 10, on_round: Callable[[int], None] | None = None
+                      ) -> dict[Hashable, list[float]]:
+    """Milliseconds of every timed call of each zero-argument ``runner``: ``warmup`` calls each,
+    then ``iters`` calls each spread over ``rounds`` alternating rounds (order reversed every
+    other round)."""
     keys = list(runners)
     for k in keys:
         for _ in range(warmup):
@@ -76,6 +77,14 @@ def interleaved(runners: dict[Hashable, Callable[[], object]], *, warmup: int = 
                 out.append((clock() - t) * 1e3)
         if on_round:
             on_round(r)
+    return times
+
+
+def interleaved(runners: dict[Hashable, Callable[[], object]], *, warmup: int = 50, iters: int = 1000,
+                rounds: int = 10, batch: int = 1, on_round: Callable[[int], None] | None = None
+                ) -> dict[Hashable, Timing]:
+    """``interleaved_times`` summarised: key -> ``Timing``."""
+    times = interleaved_times(runners, warmup=warmup, iters=iters, rounds=rounds, on_round=on_round)
     return {k: summarize(v, batch) for k, v in times.items()}
 
 
