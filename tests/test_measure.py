@@ -1,5 +1,6 @@
 """Latency benchmark, zoo report and budget selection: small models, few iterations, real runtimes."""
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -49,6 +50,9 @@ def test_bench_ours_and_peers_on_installed_backends(tmp_path):
     row = report.best("mobilenet_v3_small", impl="mobilenets")
     assert row.timing.median_ms > 0 and row.macs > 0 and row.resolution == 64 and row.floor_ms > 0
     assert report.best("mobilenet_v3_small", impl="peer").impl == "torchvision"
+    for r in report.rows:
+        if r.impl == "mobilenets":
+            assert (r.file is None) == (r.backend == "torch") and (r.file is None or Path(r.file).is_file())
     data = json.loads(report.write_json(tmp_path / "b.json").read_text())
     assert data["machine"]["cpu"] and data["settings"]["iters"] == 4 and len(data["rows"]) == len(report.rows)
     lines = report.write_csv(tmp_path / "b.csv").read_text().splitlines()

@@ -64,6 +64,7 @@ class BenchRow:
     timing: latency.Timing
     floor_ms: float | None = None    # fp32 compute floor on ``threads`` cores
     peer_model: str | None = None
+    file: str | None = None          # the exported file timed (None: a PyTorch module)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -253,7 +254,8 @@ def bench(models: Sequence[str], *, backends: Sequence[str] | None = None, preci
                     skipped.append(f"{name} {backend} {precision}: {exc}")
                     continue
                 runners[(name, "mobilenets", backend, precision)] = _runner(s, xin)
-                rows_meta[(name, "mobilenets", backend, precision)] = dict(meta, impl="mobilenets")
+                rows_meta[(name, "mobilenets", backend, precision)] = dict(
+                    meta, impl="mobilenets", file=str(s.path) if getattr(s, "path", None) else None)
                 if peer is not None:
                     lib, pname, module = peer
                     ps = _peer_session(module, _key(pname, res, batch, "peer"), backend, precision, threads, batch,

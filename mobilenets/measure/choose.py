@@ -94,16 +94,12 @@ def _entries(report: benchmod.BenchReport) -> list[Entry]:
 
 
 def _file_size_mb(row: benchmod.BenchRow) -> float | None:
-    """The size of the cached export behind ``row`` (weights file included), if there is one."""
-    fmt = benchmod.EXPORT_FORMAT.get(row.backend)
-    if fmt is None:
+    """The size of the export behind ``row`` (OpenVINO's weights file included), if there is one."""
+    if row.file is None:
         return None
-    key = benchmod._key(row.model, row.resolution, row.width, "ours")
-    f = benchmod._cached_file(benchmod.export_dir(key, fmt, row.precision, row.batch), fmt)
-    if f is None:
-        return None
-    total = f.stat().st_size + (f.with_suffix(".bin").stat().st_size if f.with_suffix(".bin").is_file() else 0)
-    return total / 1e6
+    f = Path(row.file)
+    weights = f.with_suffix(".bin")
+    return (f.stat().st_size + (weights.stat().st_size if weights.is_file() else 0)) / 1e6
 
 
 @dataclass
