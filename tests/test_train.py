@@ -67,6 +67,28 @@ def test_fit_writes_a_run_directory(tmp_path):
     ev = evaluate_checkpoint(run / "last.safetensors", "synthetic:128")
     assert ev["top1"] == pytest.approx(result.last["val_top1"]) and ev["images"] == 32
     assert ev["loss"] == pytest.approx(result.last["val_loss"], rel=1e-4)
+    tta = evaluate_checkpoint(run / "last.safetensors", "synthetic:128", tta=True)
+    assert tta["top1_single"] == pytest.approx(ev["top1"])  # the single view is still reported
+
+
+def test_mirror_tta_scores_the_mean_logits_of_both_views():
+    from mobilenets.data.datasets import ImageTensors
+    from mobilenets.data.transforms import cifar
+    from mobilenets.train import evaluate
+
+    class LeftHalf(torch.nn.Module):  # class 0 when the left half is brighter, else class 1
+        def forward(self, x):
+            left, right = x[..., :2].mean((1, 2, 3)), x[..., 2:].mean((1, 2, 3))
+            return torch.stack([left - right + 0.1, right - left], 1)
+
+    images = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
+    images[:, :, :, :2] = 200  # left bright: the single view says class 0, the mirror says class 1
+    data = ImageTensors(images, torch.zeros(4, dtype=torch.long), ["a", "b"])
+    pre = cifar(4)
+    single = evaluate(LeftHalf(), data, pre)
+    both = evaluate(LeftHalf(), data, pre, tta=True)
+    assert single["top1"] == 100 and both["top1_single"] == 100
+    assert both["top1"] == 100 and both["loss"] > single["loss"]  # the mean logits: 0.05 margin, not ~1
 
 
 def test_resume_after_interruption_gives_the_same_metrics(tmp_path):
@@ -126,6 +148,13 @@ def test_time_budget_picks_the_epochs(tmp_path):
     epochs = json.loads((result.run_dir / "config.json").read_text())["epochs"]
     assert 1 <= epochs < 1000 and len(result.history) <= epochs
     assert any("time budget" in line for line in cap.lines)
+
+
+def test_time_budget_refits_the_epochs_from_measured_epoch_times():
+    from mobilenets.train.engine import _refit_epochs
+    assert _refit_epochs(2, elapsed=100, epoch_s=50, deadline=600, limit=60) == 2 + 470 // 51
+    assert _refit_epochs(2, elapsed=100, epoch_s=50, deadline=600, limit=5) == 5      # the upper limit holds
+    assert _refit_epochs(3, elapsed=590, epoch_s=50, deadline=600, limit=60) == 3     # out of time: stop here
 
 
 def test_schedules():
@@ -233,6 +262,42 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     rows = lambda d: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
                       for r in json.loads((d / "metrics.json").read_text())]
     assert rows(cut) == rows(tmp_path / "whole") and len(rows(cut)) == 4
+    a = load_checkpoint(tmp_path / "whole" / "last.safetensors")[0].state_dict()
+    b = load_checkpoint(cut / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_under_torchrun_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """Two DDP processes under torchrun, both SIGKILLed mid-run, then resumed under torchrun."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+              "mobilenets", "train"]
+    args = ["mobilenet_v3_small", "--data", "synthetic:256", "--width", "0.25", "--stem-layers", "3",
+            "--resolution", "16", "--batch-size", "32", "--threads", "1", "--epochs", "3", "--seed", "5",
+            "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([*launch, *args, "--output", str(tmp_path / "whole")], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*launch, *args, "--output", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (cut / "metrics.json").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    proc.wait()
+    done = len(json.loads((cut / "metrics.json").read_text()))
+    assert 1 <= done < 3, "the kill should land mid-run"
+    resumed = subprocess.run([*launch, "--resume", str(cut)], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    drop = ("epoch_time_s", "elapsed_s", "images_per_s")
+    rows = lambda d: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
+                      for r in json.loads((d / "metrics.json").read_text())]
+    assert rows(cut) == rows(tmp_path / "whole") and len(rows(cut)) == 3
     a = load_checkpoint(tmp_path / "whole" / "last.safetensors")[0].state_dict()
     b = load_checkpoint(cut / "last.safetensors")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -105,6 +106,10 @@ def train_cmd(
     policy: Annotated[str | None, typer.Option(help="autoaugment or randaugment")] = None,
     channels_last: Annotated[bool | None, typer.Option("--channels-last/--nchw", help="memory format")] = None,
     bf16: Annotated[str | None, typer.Option(help="bfloat16 autocast: auto, on or off")] = None,
+    fast_depthwise: Annotated[bool | None, typer.Option("--fast-depthwise/--no-fast-depthwise",
+                                                        help="CPU: compiled depthwise weight gradients")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="validate on each image and its mirror")]
+    = None,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: from the data)")] = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing: cifar or imagenet (default: from the data)")]
     = None,
@@ -141,7 +146,8 @@ def train_cmd(
                 recipe, model=model, data=data, width=width, cifar_stem=stem, weights=weights, epochs=epochs,
                 batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, cutout=cutout,
-                policy=policy, channels_last=channels_last, bf16=bf, resolution=resolution, preset=preset,
+                policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise, tta=tta,
+                resolution=resolution, preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)
         reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()
@@ -149,6 +155,8 @@ def train_cmd(
             result = fit(cfg, resume=resume, reporter=reporter)
         except TrainingDiverged as exc:
             fail(str(exc), code=1)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     if as_json:
         typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=1))
         return
@@ -179,6 +187,7 @@ def eval_cmd(
                                                    "(default: as the checkpoint records; none: all of train/)")]
     = None,
     seed: Annotated[int | None, typer.Option(help="seed of that held-out split (default: the checkpoint's)")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="score the mean logits of each image and its mirror")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
 ) -> None:
     """Top-1, top-5 and loss of a checkpoint, preprocessed as its training's eval path."""
@@ -189,15 +198,20 @@ def eval_cmd(
         weights, model = model, None
     with _warnings_as_lines():
         res = evaluate_checkpoint(weights, data, model=model, batch_size=batch_size, device=device, strict=strict,
-                                  val_size=int(val_size) if val_size and val_size >= 1 else val_size, seed=seed)
+                                  val_size=int(val_size) if val_size and val_size >= 1 else val_size, seed=seed,
+                                  tta=tta)
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
     table = Table(title=f"{weights} on {data} ({res['split']})")
-    for col in ("images", "top-1", "top-5", "loss", "skipped"):
+    cols = ("images", "top-1 (mirror TTA)" if tta else "top-1", "top-5", "loss", "skipped")
+    cells = [str(res["images"]), f"{res['top1']:.2f}%", f"{res['top5']:.2f}%", f"{res['loss']:.4f}",
+             str(len(res["skipped"]))]
+    if tta:
+        cols, cells = cols + ("top-1 single view",), cells + [f"{res['top1_single']:.2f}%"]
+    for col in cols:
         table.add_column(col, justify="right")
-    table.add_row(str(res["images"]), f"{res['top1']:.2f}%", f"{res['top5']:.2f}%", f"{res['loss']:.4f}",
-                  str(len(res["skipped"])))
+    table.add_row(*cells)
     console.print(table)
     for s in res["skipped"]:
         err_console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}", highlight=False, soft_wrap=True)

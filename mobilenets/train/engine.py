@@ -26,6 +26,7 @@ from ..data.transforms import Preprocessing
 from ..errors import UsageError
 from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
+from . import fastdw
 from .augment import AugmentConfig, augment, normalize
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .recipes import get_recipe
@@ -67,6 +68,8 @@ class TrainConfig:
     policy: str | None = None            # autoaugment | randaugment
     channels_last: bool = True
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
+    fast_depthwise: bool = True          # CPU: depthwise weight gradients by a compiled loop (train/fastdw.py)
+    tta: bool = False                    # validate on the mean logits of each image and its mirror
     seed: int = 0
     val_size: float = 0.1                # held out of train/ when a folder has no val/ (count or fraction)
     strict: bool = False                 # unreadable images are errors instead of skipped
@@ -278,12 +281,16 @@ def _eval_batches(data, batch_size: int, ctx: D.Context, workers: int = 2):
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Preprocessing, *, batch_size: int = 500,
              device: torch.device | str = "cpu", channels_last: bool = False, ctx: D.Context | None = None,
-             label_map: torch.Tensor | None = None, workers: int = 2) -> dict:
-    """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``data`` (summed over ranks)."""
+             label_map: torch.Tensor | None = None, workers: int = 2, tta: bool = False) -> dict:
+    """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``data`` (summed over ranks).
+
+    ``tta``: score the mean logits of each image and its horizontal mirror; ``top1_single`` then
+    reports the single-view top-1 from the same pass.
+    """
     ctx = ctx or D.Context(device=torch.device(device))
     was_training = model.training
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0.0
+    loss_sum = correct1 = correct5 = single1 = count = 0.0
     skipped: list[tuple[str, str]] = []
     for x, y, bad in _eval_batches(data, batch_size, ctx, workers):
         skipped += bad
@@ -291,8 +298,12 @@ def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Prepro
             continue
         if label_map is not None:
             y = label_map[y]
-        logits = model(normalize(x, pre, channels_last, ctx.device)).float()
+        xb = normalize(x, pre, channels_last, ctx.device)
+        logits = model(xb).float()
         y = y.to(logits.device)
+        if tta:
+            single1 += (logits.argmax(1) == y).sum().item()
+            logits = (logits + model(xb.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
@@ -300,11 +311,15 @@ def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Prepro
         correct5 += hits.any(dim=1).sum().item()
         count += len(y)
     model.train(was_training)
-    loss_sum, correct1, correct5, count = D.all_reduce_sum([loss_sum, correct1, correct5, count], ctx)
+    loss_sum, correct1, correct5, single1, count = D.all_reduce_sum(
+        [loss_sum, correct1, correct5, single1, count], ctx)
     if count == 0:
         raise UsageError("the validation set has no readable images")
-    return {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "loss": loss_sum / count,
-            "images": int(count), "skipped": skipped}
+    out = {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "loss": loss_sum / count,
+           "images": int(count), "skipped": skipped}
+    if tta:
+        out["top1_single"] = 100 * single1 / count
+    return out
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -455,6 +470,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     bf16 = use_bf16(cfg, ctx.device)
+    fast_dw = fastdw.enable(model) if cfg.fast_depthwise and ctx.device.type == "cpu" and not bf16 else 0
     optimizer = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     aug = AugmentConfig(cfg.pad_crop, cfg.flip, cfg.cutout, cfg.policy)
@@ -463,6 +479,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     model.checkpoint_meta = meta
 
     start_epoch, step, history, best, best_epoch, elapsed_before = 1, 0, [], -1.0, 0, 0.0
+    epochs_limit = cfg.epochs  # a time budget picks the epochs up to this (and re-fits them early on)
     if resume is not None:
         state = load_state(run_dir)
         model.load_state_dict(state["model"])
@@ -488,13 +505,11 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             reporter.log(f"time budget {cfg.time_budget_min:g} min: {epochs} epochs "
                          f"(upper limit {cfg.epochs})")
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
-        if ctx.is_main:
-            from ..weights.io import atomic_write
-            record = {**cfg.to_dict(), "resolved": {"preprocessing": pre.to_dict(), "class_names": splits.class_names,
-                                                    "data": splits.info, "bf16": bf16, "world_size": ctx.world_size,
-                                                    "threads": torch.get_num_threads(),
-                                                    "model_config": model.config.to_dict()}}
-            atomic_write(run_dir / "config.json", json.dumps(record, indent=1).encode())
+    record = {"preprocessing": pre.to_dict(), "class_names": splits.class_names, "data": splits.info, "bf16": bf16,
+              "fast_depthwise_layers": fast_dw, "world_size": ctx.world_size, "threads": torch.get_num_threads(),
+              "model_config": model.config.to_dict()}
+    if resume is None and ctx.is_main:
+        _write_config(run_dir, cfg, record)
     D.barrier(ctx)
 
     net = model
@@ -509,8 +524,11 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                  f"{len(splits.val)} val images, {len(splits.class_names)} classes, {cfg.epochs} epochs of {spe} "
                  f"steps, recipe {cfg.recipe}, bf16 {'on' if bf16 else 'off'}, "
                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {torch.get_num_threads()} threads, "
+                 f"{fast_dw} fast depthwise layers, "
                  f"{ctx.world_size} process(es) -> {run_dir}")
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    epoch = start_epoch - 1
+    while epoch < cfg.epochs:  # not a range: a time budget may re-fit cfg.epochs after the first epochs
+        epoch += 1
         net.train()
         te = time.perf_counter()
         g = _gen(cfg.seed, epoch, ctx.rank, 101)
@@ -547,7 +565,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         eval_model = ema.module if ema is not None else model
         D.broadcast_buffers(eval_model, ctx)  # every rank validates with rank 0's BN statistics
         ev = evaluate(eval_model, splits.val, pre, batch_size=cfg.eval_batch_size, device=ctx.device,
-                      channels_last=cfg.channels_last, ctx=ctx, workers=cfg.workers)
+                      channels_last=cfg.channels_last, ctx=ctx, workers=cfg.workers, tta=cfg.tta)
         for p, r in ev.pop("skipped"):
             skipped.setdefault(p, r)
         elapsed = elapsed_before + time.perf_counter() - t0
@@ -556,13 +574,16 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
                "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - te,
                "elapsed_s": elapsed}
+        if cfg.tta:
+            row["val_top1_single"] = ev["top1_single"]
         history.append(row)
         is_best = ev["top1"] > best
         if is_best:
             best, best_epoch = ev["top1"], epoch
         if ctx.is_main:
-            extra = {"epoch": epoch, "val_top1": round(ev["top1"], 3), "recipe": cfg.recipe, "data": cfg.data,
-                     "val_size": splits.info.get("val_size"), "split_seed": splits.info.get("split_seed")}
+            extra = {"epoch": epoch, "val_top1": round(ev["top1"], 3), "tta": cfg.tta, "recipe": cfg.recipe,
+                     "data": cfg.data, "val_size": splits.info.get("val_size"),
+                     "split_seed": splits.info.get("split_seed")}
             eval_model.checkpoint_meta = meta
             save_checkpoint(run_dir / "last.safetensors", eval_model, preprocessing=pre,
                             class_names=list(splits.class_names), variant=cfg.model, extra=extra)
@@ -582,6 +603,17 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             except Exception as exc:  # noqa: BLE001  (a plot must never stop training)
                 reporter.log(f"note: could not plot curves: {exc}")
         reporter.epoch_end(row)
+        if deadline and epoch <= 3 and resume is None:
+            # Re-fit the epochs to the budget from real epoch times (the start-up probe is rough);
+            # this early, stretching or shrinking the schedule moves the learning rate by <1%.
+            refit = D.broadcast_object(_refit_epochs(epoch, elapsed, row["epoch_time_s"], deadline, epochs_limit), ctx)
+            if refit != cfg.epochs:
+                reporter.log(f"time budget: {refit} epochs instead of {cfg.epochs} "
+                             f"(epoch {epoch} took {row['epoch_time_s']:.0f} s)")
+                cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": refit})
+                total = cfg.epochs * spe
+                if ctx.is_main:
+                    _write_config(run_dir, cfg, record)
         D.barrier(ctx)
         if deadline and epoch < cfg.epochs:
             over = D.broadcast_object(elapsed + row["epoch_time_s"] > deadline, ctx)
@@ -601,6 +633,17 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         summary["skipped_count"] = len(skipped_list)
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
     return result
+
+
+def _refit_epochs(epoch: int, elapsed: float, epoch_s: float, deadline: float, limit: int) -> int:
+    """Total epochs that end before ``deadline`` if the rest run at ``epoch_s`` each (a 2% margin)."""
+    more = int((deadline - elapsed - 30) // (epoch_s * 1.02))
+    return max(epoch, min(limit, epoch + more))
+
+
+def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
+    from ..weights.io import atomic_write
+    atomic_write(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=1).encode())
 
 
 def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: Preprocessing,
@@ -642,7 +685,7 @@ def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, p
 def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = None, batch_size: int = 500,
                         device: str = "auto", strict: bool = False, download: bool = True,
                         channels_last: bool = False, val_size: int | float | None = None,
-                        seed: int | None = None) -> dict:
+                        seed: int | None = None, tta: bool = False) -> dict:
     """Top-1/top-5/loss of a checkpoint on ``data``'s validation split, preprocessed as the checkpoint says.
 
     A folder without ``val/``: the images training held out (``val_size``/``seed``, by default as
@@ -688,7 +731,7 @@ def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = N
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     res = evaluate(net, splits.val, pre, batch_size=batch_size, device=ctx.device, channels_last=channels_last,
-                   ctx=ctx, label_map=label_map)
+                   ctx=ctx, label_map=label_map, tta=tta)
     skipped = [{"path": p, "reason": r} for p, r in res.pop("skipped")]
     skipped += [{"path": s.path, "reason": s.reason} for s in splits.skipped]
     return {**res, "weights": str(weights), "data": str(data), "split": splits.info.get("val"),
