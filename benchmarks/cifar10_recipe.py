@@ -47,14 +47,21 @@ def collect(run: Path) -> dict:
            "recipe_config": {k: config[k] for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                                                     "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                                                     "ema_decay", "pad_crop", "flip", "cutout", "bf16",
-                                                    "channels_last", "time_budget_min")},
+                                                    "channels_last", "time_budget_min") if k in config}
+           | {k: config.get(k, False) for k in ("fast_depthwise", "tta")},
            "world_size": config["resolved"]["world_size"], "threads": config["resolved"]["threads"],
            "data": config["resolved"]["data"], "epochs_done": len(history),
            "best_val_top1": best["val_top1"], "best_epoch": best["epoch"], "last_val_top1": history[-1]["val_top1"],
            "wall_time_min": (summary["wall_time_s"] if summary else history[-1]["elapsed_s"]) / 60,
            "mean_images_per_s": sum(r["images_per_s"] for r in history) / len(history),
-           "curve": [{k: round(r[k], 4) for k in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "elapsed_s")}
-                     for r in history]}
+           "curve": [{k: round(r[k], 4) for k in ("epoch", "lr", "train_loss", "val_loss", "val_top1",
+                                                  "val_top1_single", "elapsed_s") if k in r} for r in history]}
+    if "val_top1_single" in best:  # validated with mirror TTA: the single-view figures too
+        out["best_val_top1_single_view"] = max(r["val_top1_single"] for r in history)
+        out["last_val_top1_single_view"] = history[-1]["val_top1_single"]
+    if (run / "curves.png").is_file():
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "cifar10_recipe_curves.png").write_bytes((run / "curves.png").read_bytes())
     return out
 
 
@@ -74,10 +81,13 @@ def main() -> None:
     (RESULTS / "cifar10_recipe.json").write_text(json.dumps(out, indent=1))
     print(f"{out['model']} stem {out['cifar_stem']} recipe {out['recipe']}: {out['epochs_done']} epochs in "
           f"{out['wall_time_min']:.1f} min, best val top-1 {out['best_val_top1']:.2f}% (epoch {out['best_epoch']}), "
-          f"last {out['last_val_top1']:.2f}%, {out['mean_images_per_s']:.0f} img/s")
+          f"last {out['last_val_top1']:.2f}%, {out['mean_images_per_s']:.0f} img/s"
+          + (f" (mirror TTA; single view: best {out['best_val_top1_single_view']:.2f}%, "
+             f"last {out['last_val_top1_single_view']:.2f}%)" if "best_val_top1_single_view" in out else ""))
     for r in out["curve"]:
+        single = f" (single {r['val_top1_single']:.2f}%)" if "val_top1_single" in r else ""
         print(f"  epoch {r['epoch']:3d}  lr {r['lr']:.4f}  train loss {r['train_loss']:.3f}  "
-              f"val top-1 {r['val_top1']:.2f}%  {r['elapsed_s'] / 60:5.1f} min")
+              f"val top-1 {r['val_top1']:.2f}%{single}  {r['elapsed_s'] / 60:5.1f} min")
 
 
 if __name__ == "__main__":
