@@ -232,6 +232,17 @@ def test_distributed_two_processes_on_cpu(tmp_path):
     assert len(steps) == 1
 
 
+def assert_same_run(run, reference, epochs):
+    """Equal metrics (timings aside) and equal final weights."""
+    drop = ("epoch_time_s", "elapsed_s", "images_per_s")
+    rows = lambda d: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
+                      for r in json.loads((d / "metrics.json").read_text())]
+    assert rows(run) == rows(reference) and len(rows(run)) == epochs
+    a = load_checkpoint(reference / "last.safetensors")[0].state_dict()
+    b = load_checkpoint(run / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     """A real SIGKILL in the middle of a run (a separate process), then `--resume`."""
     import signal
@@ -258,13 +269,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "mobilenets", "train", "--resume", str(cut)], env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    drop = ("epoch_time_s", "elapsed_s", "images_per_s")
-    rows = lambda d: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
-                      for r in json.loads((d / "metrics.json").read_text())]
-    assert rows(cut) == rows(tmp_path / "whole") and len(rows(cut)) == 4
-    a = load_checkpoint(tmp_path / "whole" / "last.safetensors")[0].state_dict()
-    b = load_checkpoint(cut / "last.safetensors")[0].state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(cut, tmp_path / "whole", epochs=4)
 
 
 def test_kill_9_under_torchrun_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -294,10 +299,4 @@ def test_kill_9_under_torchrun_then_resume_matches_an_uninterrupted_run(tmp_path
     assert 1 <= done < 3, "the kill should land mid-run"
     resumed = subprocess.run([*launch, "--resume", str(cut)], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    drop = ("epoch_time_s", "elapsed_s", "images_per_s")
-    rows = lambda d: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
-                      for r in json.loads((d / "metrics.json").read_text())]
-    assert rows(cut) == rows(tmp_path / "whole") and len(rows(cut)) == 3
-    a = load_checkpoint(tmp_path / "whole" / "last.safetensors")[0].state_dict()
-    b = load_checkpoint(cut / "last.safetensors")[0].state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(cut, tmp_path / "whole", epochs=3)
