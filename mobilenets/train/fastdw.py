@@ -76,7 +76,7 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: in
                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
         for job in jobs:
             job.result()
-    return torch.from_numpy(out.sum(0)).permute(2, 0, 1).unsqueeze(1).contiguous()
+    return torch.from_numpy(out.sum(0)).permute(2, 0, 1).unsqueeze(1)  # a view; the caller picks the layout
 
 
 class _DepthwiseConvFn(torch.autograd.Function):
