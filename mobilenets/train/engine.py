@@ -261,6 +261,15 @@ def train_batches(data, cfg: TrainConfig, epoch: int, ctx: D.Context):
     yield from loader
 
 
+def forward_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, aug: AugmentConfig, pre: Preprocessing,
+                 g: torch.Generator, cfg: TrainConfig, bf16: bool, device: torch.device):
+    """Augment and normalise a uint8 batch, run the model (bf16 autocast if on): (logits, loss)."""
+    xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(xb)
+    return logits, F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+
+
 def steps_per_epoch(n: int, cfg: TrainConfig, ctx: D.Context) -> int:
     per_rank = -(-n // ctx.world_size)
     return max(per_rank // cfg.batch_size, 1)
@@ -542,11 +551,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             lr = lr_at(step, total, spe, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, ctx.device)
             y = y.to(ctx.device, non_blocking=True)
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(xb)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            logits, loss = forward_loss(net, x, y, aug, pre, g, cfg, bf16, ctx.device)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped; "
                                        f"the last good checkpoint in {run_dir} is kept (lower --lr?)")
@@ -659,9 +665,7 @@ def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, p
             if i >= 12:
                 break
             ts = time.perf_counter()
-            xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, ctx.device)
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(probe(xb).float(), y.to(ctx.device), label_smoothing=cfg.label_smoothing)
+            _, loss = forward_loss(probe, x, y.to(ctx.device), aug, pre, g, cfg, bf16, ctx.device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
