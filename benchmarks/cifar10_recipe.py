@@ -41,13 +41,14 @@ def collect(run: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     history = json.loads((run / "metrics.json").read_text())
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
-    best = max(history, key=lambda r: r["val_top1"])
+    validated = [r for r in history if r["val_top1"] is not None]  # --val-every skips some epochs
+    best = max(validated, key=lambda r: r["val_top1"])
     out = {"run_dir": str(run), "finished": summary is not None, "model": config["model"],
            "width": config["width"], "cifar_stem": config["cifar_stem"], "recipe": config["recipe"],
            "recipe_config": {k: config[k] for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                                                     "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                                                     "ema_decay", "pad_crop", "flip", "cutout", "bf16",
-                                                    "channels_last", "time_budget_min") if k in config}
+                                                    "channels_last", "time_budget_min", "val_every") if k in config}
            | {k: config.get(k, False) for k in ("fast_depthwise", "tta")},
            "world_size": config["resolved"]["world_size"], "threads": config["resolved"]["threads"],
            "data": config["resolved"]["data"], "epochs_done": len(history),
@@ -55,9 +56,10 @@ def collect(run: Path) -> dict:
            "wall_time_min": (summary["wall_time_s"] if summary else history[-1]["elapsed_s"]) / 60,
            "mean_images_per_s": sum(r["images_per_s"] for r in history) / len(history),
            "curve": [{k: round(r[k], 4) for k in ("epoch", "lr", "train_loss", "val_loss", "val_top1",
-                                                  "val_top1_single", "elapsed_s") if k in r} for r in history]}
-    if "val_top1_single" in best:  # validated with mirror TTA: the single-view figures too
-        out["best_val_top1_single_view"] = max(r["val_top1_single"] for r in history)
+                                                  "val_top1_single", "elapsed_s") if r.get(k) is not None}
+                     for r in history]}
+    if "val_top1_single" in best:  # validated with TTA: the single-view figures too
+        out["best_val_top1_single_view"] = max(r["val_top1_single"] for r in validated)
         out["last_val_top1_single_view"] = history[-1]["val_top1_single"]
     if (run / "curves.png").is_file():
         RESULTS.mkdir(exist_ok=True)
@@ -82,12 +84,13 @@ def main() -> None:
     print(f"{out['model']} stem {out['cifar_stem']} recipe {out['recipe']}: {out['epochs_done']} epochs in "
           f"{out['wall_time_min']:.1f} min, best val top-1 {out['best_val_top1']:.2f}% (epoch {out['best_epoch']}), "
           f"last {out['last_val_top1']:.2f}%, {out['mean_images_per_s']:.0f} img/s"
-          + (f" (mirror TTA; single view: best {out['best_val_top1_single_view']:.2f}%, "
+          + (f" (TTA {out['recipe_config']['tta']}; single view: best {out['best_val_top1_single_view']:.2f}%, "
              f"last {out['last_val_top1_single_view']:.2f}%)" if "best_val_top1_single_view" in out else ""))
     for r in out["curve"]:
         single = f" (single {r['val_top1_single']:.2f}%)" if "val_top1_single" in r else ""
+        val = f"val top-1 {r['val_top1']:.2f}%{single}" if "val_top1" in r else "(not validated)"
         print(f"  epoch {r['epoch']:3d}  lr {r['lr']:.4f}  train loss {r['train_loss']:.3f}  "
-              f"val top-1 {r['val_top1']:.2f}%{single}  {r['elapsed_s'] / 60:5.1f} min")
+              f"{val}  {r['elapsed_s'] / 60:5.1f} min")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,22 @@ def test_mirror_tta_scores_the_mean_logits_of_both_views():
     assert both["top1"] == 100 and both["loss"] > single["loss"]  # the mean logits: 0.05 margin, not ~1
 
 
+def test_mirror_shift_tta_averages_six_views():
+    from mobilenets.train.engine import tta_logits
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    x = torch.randn(2, 3, 8, 8)
+    net(x)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[..., 2:10, 2:10], padded[..., 0:8, 0:8]]  # shifted by (1, 1) and (-1, -1)
+    want = sum(net(v) + net(v.flip(3)) for v in views) / 6
+    torch.testing.assert_close(tta_logits(net, x, "mirror-shift"), want)
+    torch.testing.assert_close(tta_logits(net, x, "mirror"), (net(x) + net(x.flip(3))) / 2)
+    with pytest.raises(UsageError, match="tta must be"):
+        resolve_config(tta="shift")
+    assert resolve_config(tta=True).tta == "mirror"
+
+
 def test_resume_after_interruption_gives_the_same_metrics(tmp_path):
     whole = fit(tiny(tmp_path, "whole", epochs=3), reporter=Reporter(enabled=False))
     with pytest.raises(KeyboardInterrupt):
@@ -142,6 +158,18 @@ def test_fine_tune_with_new_classes(tmp_path):
                                val_size=None)["images"] == 6  # None here means "as recorded"
 
 
+def test_val_every_validates_some_epochs_and_always_the_last(tmp_path):
+    result = fit(tiny(tmp_path, epochs=5, val_every=3), reporter=Reporter(enabled=False))
+    validated = [r["epoch"] for r in result.history if r["val_top1"] is not None]
+    assert validated == [1, 3, 4, 5] and result.history[1]["val_loss"] is None
+    assert result.best_epoch in validated and result.last["val_top1"] is not None
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 6 and ",,," in rows[2]  # epoch 2: empty val cells
+    assert (tmp_path / "run" / "curves.png").is_file()
+    with pytest.raises(UsageError, match="val_every"):
+        tiny(tmp_path, val_every=0)
+
+
 def test_time_budget_picks_the_epochs(tmp_path):
     cap = Capture()
     result = fit(tiny(tmp_path, epochs=1000, time_budget_min=0.1), reporter=cap)
@@ -151,10 +179,20 @@ def test_time_budget_picks_the_epochs(tmp_path):
 
 
 def test_time_budget_refits_the_epochs_from_measured_epoch_times():
-    from mobilenets.train.engine import _refit_epochs
-    assert _refit_epochs(2, elapsed=100, epoch_s=50, deadline=600, limit=60) == 2 + 470 // 51
-    assert _refit_epochs(2, elapsed=100, epoch_s=50, deadline=600, limit=5) == 5      # the upper limit holds
-    assert _refit_epochs(3, elapsed=590, epoch_s=50, deadline=600, limit=60) == 3     # out of time: stop here
+    from mobilenets.train.engine import epochs_that_fit
+    fit_ = dict(elapsed=100, deadline=600, limit=60)
+    assert epochs_that_fit(2, train_s=50, val_s=0, every=1, **fit_) == 2 + 470 // 51
+    assert epochs_that_fit(2, train_s=50, val_s=0, every=1, **{**fit_, "limit": 5}) == 5  # the upper limit holds
+    assert epochs_that_fit(3, train_s=50, val_s=0, every=1, elapsed=590, deadline=600, limit=60) == 3  # out of time
+    # validations cost time: 10 s each, every epoch -> 470 // 61; every 4th and the last 4 -> one more epoch
+    assert epochs_that_fit(2, train_s=50, val_s=10, every=1, **fit_) == 2 + 470 // 61
+    assert epochs_that_fit(2, train_s=50, val_s=10, every=4, **fit_) == 2 + 470 // 61 + 1
+
+
+def test_validation_schedule():
+    from mobilenets.train.engine import validates
+    assert [e for e in range(1, 21) if validates(e, 20, 4)] == [1, 4, 8, 12, 16, 17, 18, 19, 20]
+    assert all(validates(e, 7, 1) for e in range(1, 8))
 
 
 def test_schedules():
@@ -185,6 +223,10 @@ def test_cli_train_and_eval(tmp_path):
     assert ev.exit_code == 0, ev.output
     data = json.loads(ev.stdout)
     assert {"top1", "top5", "loss", "images"} <= set(data) and data["preprocessing"]["kind"] == "cifar"
+    ev = runner.invoke(app, ["eval", str(out / "best.safetensors"), "--data", "synthetic:64", "--tta", "mirror-shift"])
+    assert ev.exit_code == 0 and "mirror-shift TTA" in ev.stdout and "single view" in ev.stdout, ev.output
+    ev = runner.invoke(app, ["eval", str(out / "best.safetensors"), "--data", "synthetic:64", "--tta", "mirror-x"])
+    assert ev.exit_code == 2 and "tta must be" in ev.output
     again = runner.invoke(app, args)  # the run directory is taken
     assert again.exit_code == 2 and "--resume" in again.output
     for bad, needle in ((["--data", f"folder:{tmp_path / 'none'}"], "no such directory"),

@@ -54,8 +54,8 @@ def _rich_reporter():
             self.progress.update(self.task, advance=1, ips=ips, loss=loss)
 
         def epoch_end(self, row: dict) -> None:
-            self.progress.update(self.task, description=f"epoch {row['epoch']}/{row['epochs']}  "
-                                 f"val top-1 {row['val_top1']:.2f}%")
+            val = f"val top-1 {row['val_top1']:.2f}%" if row["val_top1"] is not None else "not validated"
+            self.progress.update(self.task, description=f"epoch {row['epoch']}/{row['epochs']}  {val}")
 
         def close(self) -> None:
             if self.started:
@@ -108,7 +108,9 @@ def train_cmd(
     bf16: Annotated[str | None, typer.Option(help="bfloat16 autocast: auto, on or off")] = None,
     fast_depthwise: Annotated[bool | None, typer.Option("--fast-depthwise/--no-fast-depthwise",
                                                         help="CPU: compiled depthwise weight gradients")] = None,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="validate on each image and its mirror")]
+    tta: Annotated[str | None, typer.Option(help="validation views: none, mirror (each image and its mirror) or "
+                                            "mirror-shift (also shifted 1 px both ways)")] = None,
+    val_every: Annotated[int | None, typer.Option(help="validate epoch 1, every N-th epoch and each of the last N")]
     = None,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: from the data)")] = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing: cifar or imagenet (default: from the data)")]
@@ -147,7 +149,7 @@ def train_cmd(
                 batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, cutout=cutout,
                 policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise, tta=tta,
-                resolution=resolution, preset=preset,
+                val_every=val_every, resolution=resolution, preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)
         reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()
@@ -165,7 +167,7 @@ def train_cmd(
     for col in ("epochs", "best top-1", "best epoch", "last top-1", "last top-5", "img/s", "time", "skipped"):
         table.add_column(col, justify="right")
     table.add_row(str(last.get("epoch", 0)), f"{result.best_top1:.2f}%", str(result.best_epoch),
-                  f"{last.get('val_top1', 0):.2f}%", f"{last.get('val_top5', 0):.2f}%",
+                  f"{last.get('val_top1') or 0:.2f}%", f"{last.get('val_top5') or 0:.2f}%",
                   f"{last.get('images_per_s', 0):.0f}", f"{result.wall_time_s / 60:.1f} min", str(len(result.skipped)))
     console.print(table)
     for s in result.skipped:
@@ -187,7 +189,8 @@ def eval_cmd(
                                                    "(default: as the checkpoint records; none: all of train/)")]
     = None,
     seed: Annotated[int | None, typer.Option(help="seed of that held-out split (default: the checkpoint's)")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="score the mean logits of each image and its mirror")] = False,
+    tta: Annotated[str, typer.Option(help="views scored: none, mirror (each image and its mirror) or mirror-shift "
+                                          "(also shifted 1 px both ways)")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
 ) -> None:
     """Top-1, top-5 and loss of a checkpoint, preprocessed as its training's eval path."""
@@ -204,10 +207,10 @@ def eval_cmd(
         typer.echo(json.dumps(res, indent=1))
         return
     table = Table(title=f"{weights} on {data} ({res['split']})")
-    cols = ("images", "top-1 (mirror TTA)" if tta else "top-1", "top-5", "loss", "skipped")
+    cols = ("images", f"top-1 ({tta} TTA)" if tta != "none" else "top-1", "top-5", "loss", "skipped")
     cells = [str(res["images"]), f"{res['top1']:.2f}%", f"{res['top5']:.2f}%", f"{res['loss']:.4f}",
              str(len(res["skipped"]))]
-    if tta:
+    if tta != "none":
         cols, cells = cols + ("top-1 single view",), cells + [f"{res['top1_single']:.2f}%"]
     for col in cols:
         table.add_column(col, justify="right")

@@ -69,7 +69,8 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
     fast_depthwise: bool = True          # CPU: depthwise weight gradients by a compiled loop (train/fastdw.py)
-    tta: bool = False                    # validate on the mean logits of each image and its mirror
+    tta: str = "none"                    # validation views: none | mirror | mirror-shift (see TTA_SHIFTS)
+    val_every: int = 1                   # validate epoch 1, every N-th epoch and each of the last N
     seed: int = 0
     val_size: float = 0.1                # held out of train/ when a folder has no val/ (count or fraction)
     strict: bool = False                 # unreadable images are errors instead of skipped
@@ -92,6 +93,8 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         if "step_milestones" in d:
             d["step_milestones"] = tuple(d["step_milestones"])
+        if isinstance(d.get("tta"), bool):  # run directories of earlier versions: a flag for mirror TTA
+            d["tta"] = "mirror" if d["tta"] else "none"
         return cls(**d)
 
 
@@ -123,6 +126,8 @@ def _validate(cfg: TrainConfig) -> None:
                                                               f"{cfg.policy!r}"),
         (cfg.time_budget_min is None or cfg.time_budget_min > 0, "time budget must be > 0 minutes"),
         (cfg.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
+        (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
+        (cfg.tta in TTA_SHIFTS, f"tta must be {', '.join(TTA_SHIFTS)}: {cfg.tta!r}"),
         (cfg.bf16 in (True, False, "auto"), f"bf16 must be true, false or auto, got {cfg.bf16!r}"),
     ]
     for ok, message in checks:
@@ -227,8 +232,9 @@ class Reporter:
         pass
 
     def epoch_end(self, row: dict) -> None:
-        self.log(f"epoch {row['epoch']}/{row['epochs']}: loss {row['train_loss']:.4f}  "
-                 f"val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%  "
+        val = (f"val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%" if row["val_top1"] is not None
+               else "not validated")
+        self.log(f"epoch {row['epoch']}/{row['epochs']}: loss {row['train_loss']:.4f}  {val}  "
                  f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.0f}s")
 
     def close(self) -> None:
@@ -287,15 +293,44 @@ def _eval_batches(data, batch_size: int, ctx: D.Context, workers: int = 2):
     yield from loader
 
 
+# Test-time augmentation: the mean logits over each shifted view (1 px, reflect-padded) and its mirror.
+TTA_SHIFTS = {"none": [(0, 0)], "mirror": [(0, 0)], "mirror-shift": [(0, 0), (1, 1), (-1, -1)]}
+
+
+def tta_mode(tta: bool | str) -> str:
+    """``True``/``False`` (the earlier flag) as a mode name; a bad name is a UsageError."""
+    mode = {True: "mirror", False: "none"}.get(tta, tta) if isinstance(tta, bool) else tta
+    if mode not in TTA_SHIFTS:
+        raise UsageError(f"tta must be {', '.join(TTA_SHIFTS)}: {tta!r}")
+    return mode
+
+
+def tta_logits(model: nn.Module, xb: torch.Tensor, mode: str, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean float logits of ``model`` over the views of ``mode`` (``first``: the plain view's, if known)."""
+    if mode == "none":
+        return model(xb).float() if first is None else first
+    total = 0
+    for dy, dx in TTA_SHIFTS[mode]:
+        v = xb
+        if (dy, dx) != (0, 0):
+            h, w = xb.shape[-2:]
+            v = F.pad(xb, (1, 1, 1, 1), mode="reflect")[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        plain = first if first is not None and (dy, dx) == (0, 0) else model(v).float()
+        total = total + plain + model(v.flip(3)).float()
+    return total / (2 * len(TTA_SHIFTS[mode]))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Preprocessing, *, batch_size: int = 500,
              device: torch.device | str = "cpu", channels_last: bool = False, ctx: D.Context | None = None,
-             label_map: torch.Tensor | None = None, workers: int = 2, tta: bool = False) -> dict:
+             label_map: torch.Tensor | None = None, workers: int = 2, tta: bool | str = "none") -> dict:
     """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``data`` (summed over ranks).
 
-    ``tta``: score the mean logits of each image and its horizontal mirror; ``top1_single`` then
-    reports the single-view top-1 from the same pass.
+    ``tta``: "mirror" scores the mean logits of each image and its horizontal mirror,
+    "mirror-shift" also those of the image shifted by one pixel both ways (6 views; ``True`` means
+    "mirror"); ``top1_single`` then reports the single-view top-1 from the same pass.
     """
+    tta = tta_mode(tta)
     ctx = ctx or D.Context(device=torch.device(device))
     was_training = model.training
     model.eval()
@@ -310,9 +345,9 @@ def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Prepro
         xb = normalize(x, pre, channels_last, ctx.device)
         logits = model(xb).float()
         y = y.to(logits.device)
-        if tta:
+        if tta != "none":
             single1 += (logits.argmax(1) == y).sum().item()
-            logits = (logits + model(xb.flip(3)).float()) / 2
+            logits = tta_logits(model, xb, tta, first=logits)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
@@ -326,7 +361,7 @@ def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Prepro
         raise UsageError("the validation set has no readable images")
     out = {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "loss": loss_sum / count,
            "images": int(count), "skipped": skipped}
-    if tta:
+    if tta != "none":
         out["top1_single"] = 100 * single1 / count
     return out
 
@@ -391,7 +426,7 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 
 def _fmt(v) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
+    return f"{v:.6g}" if isinstance(v, float) else "" if v is None else str(v)
 
 
 def plot_curves(run_dir: Path, history: list[dict]) -> None:
@@ -400,15 +435,17 @@ def plot_curves(run_dir: Path, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ep = [r["epoch"] for r in history]
+    val = [r for r in history if r["val_top1"] is not None]  # --val-every N skips some epochs
+    vep = [r["epoch"] for r in val]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [r["train_loss"] for r in history], label="train")
-    a.plot(ep, [r["val_loss"] for r in history], label="val")
+    a.plot(vep, [r["val_loss"] for r in val], "o-", label="val", markersize=3)
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.legend()
     b.plot(ep, [r["train_top1"] for r in history], label="train top-1 (augmented)")
-    b.plot(ep, [r["val_top1"] for r in history], label="val top-1")
-    b.plot(ep, [r["val_top5"] for r in history], label="val top-5", alpha=0.5)
+    b.plot(vep, [r["val_top1"] for r in val], "o-", label="val top-1", markersize=3)
+    b.plot(vep, [r["val_top5"] for r in val], "o-", label="val top-5", alpha=0.5, markersize=3)
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy %")
     b.legend()
@@ -527,6 +564,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     total = cfg.epochs * spe
     deadline = cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    val_s = 0.0  # the last validation's duration (the budget's stopping rule counts it)
     stopped = None
     skipped: dict[str, str] = {}
     reporter.log(f"training {cfg.model} on {splits.info.get('data')}: {len(splits.train)} train / "
@@ -568,26 +606,35 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             reporter.step(len(y) * ctx.world_size, loss.item())
         train_time = time.perf_counter() - te
         loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], ctx)
+        # Stop here if the budget cannot fit another epoch (decided before validating: the last
+        # epoch of a run is always validated).
+        over = bool(deadline) and epoch < cfg.epochs and D.broadcast_object(
+            elapsed_before + time.perf_counter() - t0 + train_time * 1.02 + 2 * val_s + 2 > deadline, ctx)
+        ev = {"loss": None, "top1": None, "top5": None, "top1_single": None}
         eval_model = ema.module if ema is not None else model
-        D.broadcast_buffers(eval_model, ctx)  # every rank validates with rank 0's BN statistics
-        ev = evaluate(eval_model, splits.val, pre, batch_size=cfg.eval_batch_size, device=ctx.device,
-                      channels_last=cfg.channels_last, ctx=ctx, workers=cfg.workers, tta=cfg.tta)
-        for p, r in ev.pop("skipped"):
-            skipped.setdefault(p, r)
+        if over or validates(epoch, cfg.epochs, cfg.val_every):
+            tv = time.perf_counter()
+            D.broadcast_buffers(eval_model, ctx)  # every rank validates with rank 0's BN statistics
+            ev = evaluate(eval_model, splits.val, pre, batch_size=cfg.eval_batch_size, device=ctx.device,
+                          channels_last=cfg.channels_last, ctx=ctx, workers=cfg.workers, tta=cfg.tta)
+            val_s = time.perf_counter() - tv
+            for p, r in ev.pop("skipped"):
+                skipped.setdefault(p, r)
         elapsed = elapsed_before + time.perf_counter() - t0
         row = {"epoch": epoch, "epochs": cfg.epochs, "lr": lr_at(step - 1, total, spe, cfg),
                "train_loss": loss_sum / max(seen, 1), "train_top1": 100 * correct / max(seen, 1),
                "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
                "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - te,
                "elapsed_s": elapsed}
-        if cfg.tta:
+        if cfg.tta != "none":
             row["val_top1_single"] = ev["top1_single"]
         history.append(row)
-        is_best = ev["top1"] > best
+        is_best = ev["top1"] is not None and ev["top1"] > best
         if is_best:
             best, best_epoch = ev["top1"], epoch
         if ctx.is_main:
-            extra = {"epoch": epoch, "val_top1": round(ev["top1"], 3), "tta": cfg.tta, "recipe": cfg.recipe,
+            extra = {"epoch": epoch, "val_top1": None if ev["top1"] is None else round(ev["top1"], 3),
+                     "tta": cfg.tta, "recipe": cfg.recipe,
                      "data": cfg.data, "val_size": splits.info.get("val_size"),
                      "split_seed": splits.info.get("split_seed")}
             eval_model.checkpoint_meta = meta
@@ -612,7 +659,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         if deadline and epoch <= 3 and resume is None:
             # Re-fit the epochs to the budget from real epoch times (the start-up probe is rough);
             # this early, stretching or shrinking the schedule moves the learning rate by <1%.
-            refit = D.broadcast_object(_refit_epochs(epoch, elapsed, row["epoch_time_s"], deadline, epochs_limit), ctx)
+            refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, train_time + 2.0, val_s, cfg.val_every,
+                                                       deadline, epochs_limit), ctx)
             if refit != cfg.epochs:
                 reporter.log(f"time budget: {refit} epochs instead of {cfg.epochs} "
                              f"(epoch {epoch} took {row['epoch_time_s']:.0f} s)")
@@ -621,12 +669,10 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                 if ctx.is_main:
                     _write_config(run_dir, cfg, record)
         D.barrier(ctx)
-        if deadline and epoch < cfg.epochs:
-            over = D.broadcast_object(elapsed + row["epoch_time_s"] > deadline, ctx)
-            if over:
-                stopped = f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch}"
-                reporter.log(stopped)
-                break
+        if over:
+            stopped = f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch}"
+            reporter.log(stopped)
+            break
 
     wall = elapsed_before + time.perf_counter() - t0
     skipped_list = [{"path": p, "reason": r} for p, r in sorted(
@@ -641,10 +687,22 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     return result
 
 
-def _refit_epochs(epoch: int, elapsed: float, epoch_s: float, deadline: float, limit: int) -> int:
-    """Total epochs that end before ``deadline`` if the rest run at ``epoch_s`` each (a 2% margin)."""
-    more = int((deadline - elapsed - 30) // (epoch_s * 1.02))
-    return max(epoch, min(limit, epoch + more))
+def validates(epoch: int, epochs: int, every: int) -> bool:
+    """Whether ``epoch`` (1-based) of ``epochs`` is validated: the first, every ``every``-th, the last ``every``."""
+    return epoch == 1 or epoch % every == 0 or epoch > epochs - every
+
+
+def epochs_that_fit(done: int, elapsed: float, train_s: float, val_s: float, every: int, deadline: float,
+                    limit: int) -> int:
+    """The most epochs (``done`` <= n <= ``limit``) that end before ``deadline`` (30 s and 2% spare),
+    if each remaining epoch trains in ``train_s`` and each validation takes ``val_s``."""
+    n = done
+    for total in range(done + 1, limit + 1):
+        vals = sum(validates(e, total, every) for e in range(done + 1, total + 1))
+        if elapsed + (total - done) * train_s * 1.02 + vals * val_s + 30 > deadline:
+            break
+        n = total
+    return n
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
@@ -676,12 +734,13 @@ def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, p
         ts = time.perf_counter()
         with torch.no_grad():
             probe(normalize(x, pre, cfg.channels_last, ctx.device))
-        eval_s = (time.perf_counter() - ts) * len(splits.val) / max(len(x), 1) / ctx.world_size
+        views = 1 if cfg.tta == "none" else 2 * len(TTA_SHIFTS[cfg.tta])
+        eval_s = (time.perf_counter() - ts) * views * len(splits.val) / max(len(x), 1) / ctx.world_size
         del probe, opt
     ema_s = 0.03 * step_s if cfg.ema_decay else 0.0
-    epoch_s = spe * (step_s + ema_s) * 1.08 + eval_s + 2.0  # + checkpoints and plot
-    left = cfg.time_budget_min * 60 - (time.perf_counter() - t0) - 30
-    return int(max(1, min(cfg.epochs, left // epoch_s)))
+    train_s = spe * (step_s + ema_s) * 1.08 + 2.0  # + checkpoints and plot
+    return max(1, epochs_that_fit(0, time.perf_counter() - t0, train_s, eval_s, cfg.val_every,
+                                  cfg.time_budget_min * 60, cfg.epochs))
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -689,12 +748,13 @@ def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, p
 def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = None, batch_size: int = 500,
                         device: str = "auto", strict: bool = False, download: bool = True,
                         channels_last: bool = False, val_size: int | float | None = None,
-                        seed: int | None = None, tta: bool = False) -> dict:
+                        seed: int | None = None, tta: bool | str = "none") -> dict:
     """Top-1/top-5/loss of a checkpoint on ``data``'s validation split, preprocessed as the checkpoint says.
 
     A folder without ``val/``: the images training held out (``val_size``/``seed``, by default as
     recorded in the checkpoint), or all of ``train/`` when the checkpoint records no split.
     """
+    tta = tta_mode(tta)
     ctx = D.Context(device=D.pick_device(device))
     if not Path(weights).is_file():
         raise UsageError(f"no such checkpoint: {weights}")
