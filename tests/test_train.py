@@ -172,7 +172,7 @@ def test_val_every_validates_some_epochs_and_always_the_last(tmp_path):
 
 def test_time_budget_picks_the_epochs(tmp_path):
     cap = Capture()
-    result = fit(tiny(tmp_path, epochs=1000, time_budget_min=0.1), reporter=cap)
+    result = fit(tiny(tmp_path, epochs=1000, time_budget_min=0.1, resize_from=8), reporter=cap)  # probes 3 sizes
     epochs = json.loads((result.run_dir / "config.json").read_text())["epochs"]
     assert 1 <= epochs < 1000 and len(result.history) <= epochs
     assert any("time budget" in line for line in cap.lines)
@@ -187,6 +187,21 @@ def test_time_budget_refits_the_epochs_from_measured_epoch_times():
     # validations cost time: 10 s each, every epoch -> 470 // 61; every 4th and the last 4 -> one more epoch
     assert epochs_that_fit(2, train_s=50, val_s=10, every=1, **fit_) == 2 + 470 // 61
     assert epochs_that_fit(2, train_s=50, val_s=10, every=4, **fit_) == 2 + 470 // 61 + 1
+
+
+def test_progressive_resizing_schedule_and_run(tmp_path):
+    from mobilenets.train.engine import epochs_that_fit, train_resolution
+    sizes = [train_resolution(e, 12, 32, 24, 0.5) for e in range(1, 13)]
+    assert sizes == [24, 24, 24, 28, 28, 28] + [32] * 6
+    assert {train_resolution(e, 12, 32, 0, 0.5) for e in range(1, 13)} == {32}  # off
+    # cheaper early epochs fit more epochs into the same budget
+    cost = lambda e, n: 20 if train_resolution(e, n, 32, 24, 0.5) < 32 else 40  # noqa: E731
+    assert epochs_that_fit(0, 0, cost, 0, 1, 600, 100) > epochs_that_fit(0, 0, 40.0, 0, 1, 600, 100)
+    result = fit(tiny(tmp_path, epochs=4, resize_from=8), reporter=Reporter(enabled=False))
+    assert [r["train_size"] for r in result.history] == [8, 12, 16, 16]
+    assert result.last["val_top1"] is not None
+    with pytest.raises(UsageError, match="resize_from"):
+        tiny(tmp_path, resize_from=4)
 
 
 def test_validation_schedule():

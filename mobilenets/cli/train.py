@@ -110,6 +110,10 @@ def train_cmd(
                                                         help="CPU: compiled depthwise weight gradients")] = None,
     tta: Annotated[str | None, typer.Option(help="validation views: none, mirror (each image and its mirror) or "
                                             "mirror-shift (also shifted 1 px both ways)")] = None,
+    resize_from: Annotated[int | None, typer.Option(help="progressive resizing: train at this size (px) first, "
+                                                    "growing to full size (0: off)")] = None,
+    resize_until: Annotated[float | None, typer.Option(help="progressive resizing: full size from this fraction of "
+                                                       "the epochs on")] = None,
     val_every: Annotated[int | None, typer.Option(help="validate epoch 1, every N-th epoch and each of the last N")]
     = None,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: from the data)")] = None,
@@ -149,7 +153,8 @@ def train_cmd(
                 batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, cutout=cutout,
                 policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise, tta=tta,
-                val_every=val_every, resolution=resolution, preset=preset,
+                val_every=val_every, resize_from=resize_from, resize_until=resize_until, resolution=resolution,
+                preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)
         reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class TrainConfig:
     pad_crop: int = 4
     flip: bool = True
     cutout: int = 0
+    resize_from: int = 0                 # progressive resizing: train at this size first (px; 0: off) ...
+    resize_until: float = 0.5            # ... growing by 4 px steps to full size at this fraction of the epochs
     policy: str | None = None            # autoaugment | randaugment
     channels_last: bool = True
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
@@ -127,6 +130,8 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.time_budget_min is None or cfg.time_budget_min > 0, "time budget must be > 0 minutes"),
         (cfg.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
         (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
+        (cfg.resize_from == 0 or cfg.resize_from >= 8, f"resize_from must be 0 (off) or >= 8 px: {cfg.resize_from}"),
+        (0 < cfg.resize_until <= 1, f"resize_until must be in (0, 1], got {cfg.resize_until}"),
         (cfg.tta in TTA_SHIFTS, f"tta must be {', '.join(TTA_SHIFTS)}: {cfg.tta!r}"),
         (cfg.bf16 in (True, False, "auto"), f"bf16 must be true, false or auto, got {cfg.bf16!r}"),
     ]
@@ -267,10 +272,28 @@ def train_batches(data, cfg: TrainConfig, epoch: int, ctx: D.Context):
     yield from loader
 
 
+def train_resolution(epoch: int, epochs: int, full: int, start: int, until: float) -> int:
+    """Progressive resizing: the input size of ``epoch`` (1-based) of ``epochs``.
+
+    ``start`` px at first, growing linearly in 4 px steps to ``full`` at ``until`` of the run, then
+    ``full``; ``start`` 0 (or >= ``full``): always ``full``.
+    """
+    progress = (epoch - 1) / max(epochs, 1)
+    if not start or start >= full or progress >= until:
+        return full
+    return min(full, start + int((full - start) * progress / until) // 4 * 4)
+
+
 def forward_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, aug: AugmentConfig, pre: Preprocessing,
-                 g: torch.Generator, cfg: TrainConfig, bf16: bool, device: torch.device):
-    """Augment and normalise a uint8 batch, run the model (bf16 autocast if on): (logits, loss)."""
+                 g: torch.Generator, cfg: TrainConfig, bf16: bool, device: torch.device, size: int | None = None):
+    """Augment and normalise a uint8 batch (downscaled to ``size`` px if given, antialiased), run the
+    model (bf16 autocast if on): (logits, loss)."""
     xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, device)
+    if size and size != max(xb.shape[-2:]):
+        scale = size / max(xb.shape[-2:])
+        xb = F.interpolate(xb, size=(round(xb.shape[-2] * scale), round(xb.shape[-1] * scale)), mode="bilinear",
+                           antialias=True, align_corners=False)
+        xb = xb.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = net(xb)
     return logits, F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -525,6 +548,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     model.checkpoint_meta = meta
 
     start_epoch, step, history, best, best_epoch, elapsed_before = 1, 0, [], -1.0, 0, 0.0
+    val_s, costs = 0.0, {}  # a validation's duration, a training epoch's at each input size (time budget)
     epochs_limit = cfg.epochs  # a time budget picks the epochs up to this (and re-fits them early on)
     if resume is not None:
         state = load_state(run_dir)
@@ -546,7 +570,9 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                                  f"or choose another --output")
             run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.time_budget_min:
-            epochs = _epochs_for_budget(cfg, model, splits, pre, aug, bf16, ctx, t0, spe)
+            costs, val_s = _budget_probe(cfg, model, splits, pre, aug, bf16, ctx, spe)
+            epochs = max(1, epochs_that_fit(0, time.perf_counter() - t0, _epoch_cost(costs, cfg, pre), val_s,
+                                            cfg.val_every, cfg.time_budget_min * 60, cfg.epochs))
             epochs = D.broadcast_object(epochs, ctx)
             reporter.log(f"time budget {cfg.time_budget_min:g} min: {epochs} epochs "
                          f"(upper limit {cfg.epochs})")
@@ -564,7 +590,6 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     total = cfg.epochs * spe
     deadline = cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    val_s = 0.0  # the last validation's duration (the budget's stopping rule counts it)
     stopped = None
     skipped: dict[str, str] = {}
     reporter.log(f"training {cfg.model} on {splits.info.get('data')}: {len(splits.train)} train / "
@@ -579,6 +604,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         net.train()
         te = time.perf_counter()
         g = _gen(cfg.seed, epoch, ctx.rank, 101)
+        size = train_resolution(epoch, cfg.epochs, pre.resolution, cfg.resize_from, cfg.resize_until)
         reporter.epoch_start(epoch, cfg.epochs, spe)
         loss_sum = correct = seen = 0.0
         for x, y, bad in train_batches(splits.train, cfg, epoch, ctx):
@@ -590,7 +616,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             for group in optimizer.param_groups:
                 group["lr"] = lr
             y = y.to(ctx.device, non_blocking=True)
-            logits, loss = forward_loss(net, x, y, aug, pre, g, cfg, bf16, ctx.device)
+            logits, loss = forward_loss(net, x, y, aug, pre, g, cfg, bf16, ctx.device, size)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped; "
                                        f"the last good checkpoint in {run_dir} is kept (lower --lr?)")
@@ -628,6 +654,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                "elapsed_s": elapsed}
         if cfg.tta != "none":
             row["val_top1_single"] = ev["top1_single"]
+        if cfg.resize_from:
+            row["train_size"] = size
         history.append(row)
         is_best = ev["top1"] is not None and ev["top1"] > best
         if is_best:
@@ -659,8 +687,9 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         if deadline and epoch <= 3 and resume is None:
             # Re-fit the epochs to the budget from real epoch times (the start-up probe is rough);
             # this early, stretching or shrinking the schedule moves the learning rate by <1%.
-            refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, train_time + 2.0, val_s, cfg.val_every,
-                                                       deadline, epochs_limit), ctx)
+            scale = (train_time + 2.0) / costs[size]  # the probe's estimates, corrected by this epoch's time
+            refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, _epoch_cost(costs, cfg, pre, scale), val_s,
+                                                       cfg.val_every, deadline, epochs_limit), ctx)
             if refit != cfg.epochs:
                 reporter.log(f"time budget: {refit} epochs instead of {cfg.epochs} "
                              f"(epoch {epoch} took {row['epoch_time_s']:.0f} s)")
@@ -692,17 +721,23 @@ def validates(epoch: int, epochs: int, every: int) -> bool:
     return epoch == 1 or epoch % every == 0 or epoch > epochs - every
 
 
-def epochs_that_fit(done: int, elapsed: float, train_s: float, val_s: float, every: int, deadline: float,
-                    limit: int) -> int:
+def epochs_that_fit(done: int, elapsed: float, train_s: float | Callable[[int, int], float], val_s: float,
+                    every: int, deadline: float, limit: int) -> int:
     """The most epochs (``done`` <= n <= ``limit``) that end before ``deadline`` (30 s and 2% spare),
-    if each remaining epoch trains in ``train_s`` and each validation takes ``val_s``."""
+    if epoch e of n trains in ``train_s(e, n)`` seconds (or a constant) and a validation takes ``val_s``."""
+    cost = train_s if callable(train_s) else (lambda e, n: train_s)
     n = done
     for total in range(done + 1, limit + 1):
-        vals = sum(validates(e, total, every) for e in range(done + 1, total + 1))
-        if elapsed + (total - done) * train_s * 1.02 + vals * val_s + 30 > deadline:
+        need = sum(cost(e, total) * 1.02 + val_s * validates(e, total, every) for e in range(done + 1, total + 1))
+        if elapsed + need + 30 > deadline:
             break
         n = total
     return n
+
+
+def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing, scale: float = 1.0):
+    """Seconds to train epoch e of n, from the probe's seconds per epoch at each input size."""
+    return lambda e, n: scale * costs[train_resolution(e, n, pre.resolution, cfg.resize_from, cfg.resize_until)]
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
@@ -710,25 +745,31 @@ def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
     atomic_write(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=1).encode())
 
 
-def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: Preprocessing,
-                       aug: AugmentConfig, bf16: bool, ctx: D.Context, t0: float, spe: int) -> int:
-    """How many epochs fit in the time budget, timed on a copy (the real run's state is untouched)."""
+def _budget_probe(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: Preprocessing, aug: AugmentConfig,
+                  bf16: bool, ctx: D.Context, spe: int) -> tuple[dict[int, float], float]:
+    """Seconds per training epoch at each input size the run uses, and per validation; timed on a
+    copy of the model (the real run's state is untouched)."""
+    full = pre.resolution
+    sizes = {train_resolution(e, 100, full, cfg.resize_from, cfg.resize_until) for e in range(1, 101)}
+    costs = {}
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model).train()
         opt = make_optimizer(probe, cfg)
         g = torch.Generator().manual_seed(0)
-        batches = train_batches(splits.train, cfg, 0, ctx)
-        times = []
-        for i, (x, y, _) in enumerate(batches):
-            if i >= 12:
-                break
-            ts = time.perf_counter()
-            _, loss = forward_loss(probe, x, y.to(ctx.device), aug, pre, g, cfg, bf16, ctx.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - ts)
-        step_s = sorted(times[2:] or times)[len(times[2:] or times) // 2]
+        for size in sorted(sizes):
+            times = []
+            for i, (x, y, _) in enumerate(train_batches(splits.train, cfg, 0, ctx)):
+                if i >= 12:
+                    break
+                ts = time.perf_counter()
+                _, loss = forward_loss(probe, x, y.to(ctx.device), aug, pre, g, cfg, bf16, ctx.device, size)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                times.append(time.perf_counter() - ts)
+            step_s = sorted(times[2:] or times)[len(times[2:] or times) // 2]
+            ema_s = 0.03 * step_s if cfg.ema_decay else 0.0
+            costs[size] = spe * (step_s + ema_s) * 1.08 + 2.0  # + checkpoints and plot
         probe.eval()
         x, _, _ = next(_eval_batches(splits.val, cfg.eval_batch_size, ctx))
         ts = time.perf_counter()
@@ -737,10 +778,7 @@ def _epochs_for_budget(cfg: TrainConfig, model: nn.Module, splits: DataSplits, p
         views = 1 if cfg.tta == "none" else 2 * len(TTA_SHIFTS[cfg.tta])
         eval_s = (time.perf_counter() - ts) * views * len(splits.val) / max(len(x), 1) / ctx.world_size
         del probe, opt
-    ema_s = 0.03 * step_s if cfg.ema_decay else 0.0
-    train_s = spe * (step_s + ema_s) * 1.08 + 2.0  # + checkpoints and plot
-    return max(1, epochs_that_fit(0, time.perf_counter() - t0, train_s, eval_s, cfg.val_every,
-                                  cfg.time_budget_min * 60, cfg.epochs))
+    return costs, eval_s
 
 
 # ---------------------------------------------------------------------------------------- evaluate
