@@ -52,6 +52,7 @@ def _kernel():
 
 _compiled = None
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
@@ -60,7 +61,7 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: in
     With ``torch.get_num_threads()`` > 1 the batch is split across that many threads (the loop
     releases the GIL), each with its own accumulator.
     """
-    global _compiled, _pool
+    global _compiled, _pool, _pool_size
     if _compiled is None:
         _compiled = _kernel()
     x_, g_ = (t.detach().permute(0, 2, 3, 1).contiguous().numpy() for t in (x, grad_out))
@@ -69,8 +70,10 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: in
     if parts == 1:
         _compiled(x_, g_, kernel, stride, padding, out[0])
     else:
-        if _pool is None or _pool._max_workers < parts:
-            _pool = ThreadPoolExecutor(parts, thread_name_prefix="fastdw")
+        if _pool_size < parts:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(parts, thread_name_prefix="fastdw"), parts
         bounds = np.linspace(0, x_.shape[0], parts + 1).astype(int)
         jobs = [_pool.submit(_compiled, x_[a:b], g_[a:b], kernel, stride, padding, out[i])
                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
