@@ -574,8 +574,9 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             epochs = max(1, epochs_that_fit(0, time.perf_counter() - t0, _epoch_cost(costs, cfg, pre), val_s,
                                             cfg.val_every, cfg.time_budget_min * 60, cfg.epochs))
             epochs = D.broadcast_object(epochs, ctx)
-            reporter.log(f"time budget {cfg.time_budget_min:g} min: {epochs} epochs "
-                         f"(upper limit {cfg.epochs})")
+            per_size = ", ".join(f"{k} px {v:.0f} s" for k, v in sorted(costs.items()))
+            reporter.log(f"time budget {cfg.time_budget_min:g} min: {epochs} epochs (upper limit {cfg.epochs}; "
+                         f"estimated epoch: {per_size}, validation {val_s:.0f} s)")
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
     record = {"preprocessing": pre.to_dict(), "class_names": splits.class_names, "data": splits.info, "bf16": bf16,
               "fast_depthwise_layers": fast_dw, "world_size": ctx.world_size, "threads": torch.get_num_threads(),
