@@ -197,6 +197,10 @@ def test_progressive_resizing_schedule_and_run(tmp_path):
     # cheaper early epochs fit more epochs into the same budget
     cost = lambda e, n: 20 if train_resolution(e, n, 32, 24, 0.5) < 32 else 40  # noqa: E731
     assert epochs_that_fit(0, 0, cost, 0, 1, 600, 100) > epochs_that_fit(0, 0, 40.0, 0, 1, 600, 100)
+    from mobilenets.data.transforms import cifar
+    from mobilenets.train.engine import _epoch_cost
+    est = _epoch_cost({24: 10.0, 32: 20.0}, resolve_config(resize_from=24, resize_until=0.5), cifar(32))
+    assert [round(est(e, 12), 2) for e in (1, 4, 7)] == [10, round(10 + 10 * (28**2 - 24**2) / (32**2 - 24**2), 2), 20]
     result = fit(tiny(tmp_path, epochs=4, resize_from=8), reporter=Reporter(enabled=False))
     assert [r["train_size"] for r in result.history] == [8, 12, 16, 16]
     assert result.last["val_top1"] is not None

@@ -688,7 +688,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         if deadline and epoch <= 3 and resume is None:
             # Re-fit the epochs to the budget from real epoch times (the start-up probe is rough);
             # this early, stretching or shrinking the schedule moves the learning rate by <1%.
-            scale = (train_time + 2.0) / costs[size]  # the probe's estimates, corrected by this epoch's time
+            # the probe's estimates, corrected by this epoch's measured time
+            scale = (train_time + 2.0) / _epoch_cost(costs, cfg, pre)(epoch, cfg.epochs)
             refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, _epoch_cost(costs, cfg, pre, scale), val_s,
                                                        cfg.val_every, deadline, epochs_limit), ctx)
             if refit != cfg.epochs:
@@ -737,8 +738,15 @@ def epochs_that_fit(done: int, elapsed: float, train_s: float | Callable[[int, i
 
 
 def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing, scale: float = 1.0):
-    """Seconds to train epoch e of n, from the probe's seconds per epoch at each input size."""
-    return lambda e, n: scale * costs[train_resolution(e, n, pre.resolution, cfg.resize_from, cfg.resize_until)]
+    """Seconds to train epoch e of n, from the probe's seconds per epoch at the smallest and the full
+    input size (linear in the pixel count in between)."""
+    lo, hi = min(costs), max(costs)
+
+    def cost(e: int, n: int) -> float:
+        r = train_resolution(e, n, pre.resolution, cfg.resize_from, cfg.resize_until)
+        t = (r * r - lo * lo) / (hi * hi - lo * lo) if hi > lo else 1.0
+        return scale * (costs[lo] + t * (costs[hi] - costs[lo]))
+    return cost
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
@@ -751,7 +759,7 @@ def _budget_probe(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: P
     """Seconds per training epoch at each input size the run uses, and per validation; timed on a
     copy of the model (the real run's state is untouched)."""
     full = pre.resolution
-    sizes = {train_resolution(e, 100, full, cfg.resize_from, cfg.resize_until) for e in range(1, 101)}
+    sizes = {full, train_resolution(1, 1, full, cfg.resize_from, cfg.resize_until)}  # the others: interpolated
     costs = {}
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model).train()
