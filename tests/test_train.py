@@ -161,7 +161,7 @@ def test_fine_tune_with_new_classes(tmp_path):
 def test_val_every_validates_some_epochs_and_always_the_last(tmp_path):
     result = fit(tiny(tmp_path, epochs=5, val_every=3), reporter=Reporter(enabled=False))
     validated = [r["epoch"] for r in result.history if r["val_top1"] is not None]
-    assert validated == [1, 3, 4, 5] and result.history[1]["val_loss"] is None
+    assert validated == [1, 3, 5] and result.history[1]["val_loss"] is None
     assert result.best_epoch in validated and result.last["val_top1"] is not None
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 6 and ",,," in rows[2]  # epoch 2: empty val cells
@@ -184,7 +184,7 @@ def test_time_budget_refits_the_epochs_from_measured_epoch_times():
     assert epochs_that_fit(2, train_s=50, val_s=0, every=1, **fit_) == 2 + 470 // 51
     assert epochs_that_fit(2, train_s=50, val_s=0, every=1, **{**fit_, "limit": 5}) == 5  # the upper limit holds
     assert epochs_that_fit(3, train_s=50, val_s=0, every=1, elapsed=590, deadline=600, limit=60) == 3  # out of time
-    # validations cost time: 10 s each, every epoch -> 470 // 61; every 4th and the last 4 -> one more epoch
+    # validations cost time: 10 s each, every epoch -> 470 // 61; every 4th and the last -> one more epoch
     assert epochs_that_fit(2, train_s=50, val_s=10, every=1, **fit_) == 2 + 470 // 61
     assert epochs_that_fit(2, train_s=50, val_s=10, every=4, **fit_) == 2 + 470 // 61 + 1
 
@@ -210,7 +210,7 @@ def test_progressive_resizing_schedule_and_run(tmp_path):
 
 def test_validation_schedule():
     from mobilenets.train.engine import validates
-    assert [e for e in range(1, 21) if validates(e, 20, 4)] == [1, 4, 8, 12, 16, 17, 18, 19, 20]
+    assert [e for e in range(1, 22) if validates(e, 21, 4)] == [1, 4, 8, 12, 16, 20, 21]
     assert all(validates(e, 7, 1) for e in range(1, 8))
 
 

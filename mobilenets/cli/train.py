@@ -114,7 +114,7 @@ def train_cmd(
                                                     "growing to full size (0: off)")] = None,
     resize_until: Annotated[float | None, typer.Option(help="progressive resizing: full size from this fraction of "
                                                        "the epochs on")] = None,
-    val_every: Annotated[int | None, typer.Option(help="validate epoch 1, every N-th epoch and each of the last N")]
+    val_every: Annotated[int | None, typer.Option(help="validate epoch 1, every N-th epoch and the last")]
     = None,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: from the data)")] = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing: cifar or imagenet (default: from the data)")]

@@ -73,7 +73,7 @@ class TrainConfig:
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
     fast_depthwise: bool = True          # CPU: depthwise weight gradients by a compiled loop (train/fastdw.py)
     tta: str = "none"                    # validation views: none | mirror | mirror-shift (see TTA_SHIFTS)
-    val_every: int = 1                   # validate epoch 1, every N-th epoch and each of the last N
+    val_every: int = 1                   # validate epoch 1, every N-th epoch and the last
     seed: int = 0
     val_size: float = 0.1                # held out of train/ when a folder has no val/ (count or fraction)
     strict: bool = False                 # unreadable images are errors instead of skipped
@@ -719,8 +719,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
 
 
 def validates(epoch: int, epochs: int, every: int) -> bool:
-    """Whether ``epoch`` (1-based) of ``epochs`` is validated: the first, every ``every``-th, the last ``every``."""
-    return epoch == 1 or epoch % every == 0 or epoch > epochs - every
+    """Whether ``epoch`` (1-based) of ``epochs`` is validated: the first, every ``every``-th and the last."""
+    return epoch == 1 or epoch % every == 0 or epoch == epochs
 
 
 def epochs_that_fit(done: int, elapsed: float, train_s: float | Callable[[int, int], float], val_s: float,
