@@ -13,7 +13,8 @@ layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEG
   ``mobilenets.train.fastdw`` (on by default in ``mobilenets train``).
 - ``2 processes x 1 thread``: the same loop under DistributedDataParallel (gloo), one thread per
   process, as ``torchrun --nproc_per_node 2 -m mobilenets train ... --threads 1`` runs it; the
-  images/s are the sum over both processes (batch 128 each).
+  images/s are the sum over both processes (batch 128 each; and batch 64 each, the same global
+  batch of 128 as the one-process rows).
 - ``ceiling``: forward + backward + SGD step on one fixed batch (no data at all), fp32 and bf16,
   channels-last: what the cores can do with PyTorch's kernels.
 
@@ -87,13 +88,13 @@ def seed_loop(root: Path, steps: int, workers: int) -> float:
     return timed(make_step(model(False), False), loader, steps)
 
 
-def our_batches(data, channels_last: bool, seed: int = 0):
+def our_batches(data, channels_last: bool, seed: int = 0, batch: int = 128):
     pre, aug = cifar(32), AugmentConfig(pad_crop=4, flip=True)
     g = torch.Generator().manual_seed(seed)
     while True:
         perm = torch.randperm(len(data), generator=g)
-        for i in range(0, len(perm) - 127, 128):
-            x, y = data.batch(perm[i:i + 128])
+        for i in range(0, len(perm) - batch + 1, batch):
+            x, y = data.batch(perm[i:i + batch])
             yield normalize(augment(x, aug, pre, g), pre, channels_last), y
 
 
@@ -101,20 +102,20 @@ def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = 
     return timed(make_step(model(channels_last, fast_dw), bf16), our_batches(data, channels_last), steps)
 
 
-def _ddp_worker(rank: int, world: int, port: int, data, steps: int, out) -> None:
+def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, out) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         net = torch.nn.parallel.DistributedDataParallel(model(True, True))
         dist.barrier()
-        out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank), steps)
+        out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank, batch=batch), steps)
     finally:
         dist.destroy_process_group()
 
 
-def ddp_loop(data, steps: int, procs: int = 2) -> float:
-    """Images/s summed over ``procs`` single-thread DDP processes."""
+def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128) -> float:
+    """Images/s summed over ``procs`` single-thread DDP processes of ``batch`` images each."""
     import socket
 
     import torch.multiprocessing as mp
@@ -122,7 +123,7 @@ def ddp_loop(data, steps: int, procs: int = 2) -> float:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(procs, port, data, steps, out), nprocs=procs)
+    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, out), nprocs=procs)
     return sum(out.values())
 
 
@@ -157,6 +158,8 @@ def main() -> None:
     rows["ours channels-last + fast depthwise"] = our_loop(data, args.steps, True, False, True)
     if args.threads == 2:
         rows["ours 2 processes x 1 thread + fast depthwise"] = ddp_loop(data, args.steps)
+        # the same global batch of 128 as the other rows, split over the two processes
+        rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise"] = ddp_loop(data, 2 * args.steps, batch=64)
     bf16 = cpu_has_bf16()
     if bf16:
         rows["ours channels-last + bf16"] = our_loop(data, args.steps, True, True)
@@ -168,9 +171,9 @@ def main() -> None:
     per_epoch = 50_000
     print(f"decoded {len(data)} images once in {decode_s:.1f}s "
           f"({decode_s / len(data) * 1e3:.2f} ms/image; amortised over an epoch of {per_epoch} images)")
-    print(f"{'loop':54s} {'img/s':>8s} {'x seed':>7s}")
+    print(f"{'loop':62s} {'img/s':>8s} {'x seed':>7s}")
     for k, v in rows.items():
-        print(f"{k:54s} {v:8.0f} {v / base:7.2f}")
+        print(f"{k:62s} {v:8.0f} {v / base:7.2f}")
     best = max(v for k, v in rows.items() if k.startswith("ours"))
     epoch_s = per_epoch / best + decode_s * per_epoch / len(data)
     out = {"model": "mobilenet_v3_small 1.0, seed CIFAR stem (cifar_stem=3), 32x32, batch 128",
