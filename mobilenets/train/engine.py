@@ -320,6 +320,11 @@ def _eval_batches(data, batch_size: int, ctx: D.Context, workers: int = 2):
 TTA_SHIFTS = {"none": [(0, 0)], "mirror": [(0, 0)], "mirror-shift": [(0, 0), (1, 1), (-1, -1)]}
 
 
+def tta_views(mode: str) -> int:
+    """How many forward passes ``mode`` costs per image."""
+    return 1 if mode == "none" else 2 * len(TTA_SHIFTS[mode])
+
+
 def tta_mode(tta: bool | str) -> str:
     """``True``/``False`` (the earlier flag) as a mode name; a bad name is a UsageError."""
     mode = {True: "mirror", False: "none"}.get(tta, tta) if isinstance(tta, bool) else tta
@@ -340,7 +345,7 @@ def tta_logits(model: nn.Module, xb: torch.Tensor, mode: str, first: torch.Tenso
             v = F.pad(xb, (1, 1, 1, 1), mode="reflect")[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
         plain = first if first is not None and (dy, dx) == (0, 0) else model(v).float()
         total = total + plain + model(v.flip(3)).float()
-    return total / (2 * len(TTA_SHIFTS[mode]))
+    return total / tta_views(mode)
 
 
 @torch.no_grad()
@@ -686,12 +691,12 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                 reporter.log(f"note: could not plot curves: {exc}")
         reporter.epoch_end(row)
         if deadline and epoch <= 3 and resume is None:
-            # Re-fit the epochs to the budget from real epoch times (the start-up probe is rough);
-            # this early, stretching or shrinking the schedule moves the learning rate by <1%.
-            # the probe's estimates, corrected by this epoch's measured time
-            scale = (train_time + 2.0) / _epoch_cost(costs, cfg, pre)(epoch, cfg.epochs)
-            refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, _epoch_cost(costs, cfg, pre, scale), val_s,
-                                                       cfg.val_every, deadline, epochs_limit), ctx)
+            # Re-fit the epochs to the budget: the start-up probe's estimates, scaled by this epoch's
+            # measured time; this early, stretching or shrinking the schedule moves the LR by <1%.
+            est = _epoch_cost(costs, cfg, pre)
+            scale = (train_time + 2.0) / est(epoch, cfg.epochs)
+            refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, lambda e, n, s=scale, f=est: s * f(e, n),
+                                                       val_s, cfg.val_every, deadline, epochs_limit), ctx)
             if refit != cfg.epochs:
                 reporter.log(f"time budget: {refit} epochs instead of {cfg.epochs} "
                              f"(epoch {epoch} took {row['epoch_time_s']:.0f} s)")
@@ -737,7 +742,7 @@ def epochs_that_fit(done: int, elapsed: float, train_s: float | Callable[[int, i
     return n
 
 
-def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing, scale: float = 1.0):
+def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing) -> Callable[[int, int], float]:
     """Seconds to train epoch e of n, from the probe's seconds per epoch at the smallest and the full
     input size (linear in the pixel count in between)."""
     lo, hi = min(costs), max(costs)
@@ -745,7 +750,7 @@ def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing, s
     def cost(e: int, n: int) -> float:
         r = train_resolution(e, n, pre.resolution, cfg.resize_from, cfg.resize_until)
         t = (r * r - lo * lo) / (hi * hi - lo * lo) if hi > lo else 1.0
-        return scale * (costs[lo] + t * (costs[hi] - costs[lo]))
+        return costs[lo] + t * (costs[hi] - costs[lo])
     return cost
 
 
@@ -784,8 +789,7 @@ def _budget_probe(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: P
         ts = time.perf_counter()
         with torch.no_grad():
             probe(normalize(x, pre, cfg.channels_last, ctx.device))
-        views = 1 if cfg.tta == "none" else 2 * len(TTA_SHIFTS[cfg.tta])
-        eval_s = (time.perf_counter() - ts) * views * len(splits.val) / max(len(x), 1) / ctx.world_size
+        eval_s = (time.perf_counter() - ts) * tta_views(cfg.tta) * len(splits.val) / max(len(x), 1) / ctx.world_size
         del probe, opt
     return costs, eval_s
 
