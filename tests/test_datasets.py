@@ -131,3 +131,40 @@ def test_batched_augmentation_is_seeded_and_shaped():
     assert crop.shape == x.shape and set(crop.unique().tolist()) <= {0, 7}
     holes = cutout(x, 4, torch.Generator().manual_seed(0))
     assert (holes == 0).sum() > 0
+
+
+
+def _flip_states(batch, originals) -> dict[int, bool]:
+    """{index of the original: whether the batch holds it mirrored}; each image must be one or the other."""
+    states = {}
+    for x in batch:
+        for j, o in enumerate(originals):
+            if torch.equal(x, o) or torch.equal(x, o.flip(-1)):
+                states[j] = torch.equal(x, o.flip(-1))
+                break
+        else:
+            raise AssertionError("a batch image is neither an original nor its mirror")
+    return states
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_alternate_flip_mirrors_each_image_every_other_epoch(tmp_path, lazy):
+    from mobilenets.train.distributed import Context
+    from mobilenets.train.engine import alternate_flips, resolve_config, train_batches
+    if lazy:
+        make_tree(tmp_path, n=4, size=16)
+        files = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
+        data = LazyImageFolder(files, [0] * len(files), ["a"], cifar(16), train=False)
+        originals = [data[i][0] for i in range(len(data))]
+    else:
+        data = synthetic(12, 3, 8)
+        originals = list(data.images)
+    cfg = resolve_config("default", data="synthetic", flip="alternate", batch_size=len(data), workers=0)
+    seen = {}
+    for epoch in (1, 2, 3):
+        (x, _, _), = train_batches(data, cfg, epoch, Context())
+        states = _flip_states(x, originals)
+        seen[epoch] = [states[j] for j in range(len(data))]
+        assert seen[epoch] == alternate_flips(len(data), cfg.seed, epoch).tolist()
+    assert all(a != b for a, b in zip(seen[1], seen[2], strict=True)) and seen[1] == seen[3]
+    assert 0 < sum(seen[1]) < len(data)

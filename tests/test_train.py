@@ -214,6 +214,17 @@ def test_validation_schedule():
     assert all(validates(e, 7, 1) for e in range(1, 8))
 
 
+def test_flip_modes_and_earlier_run_directories():
+    from mobilenets.train.engine import TrainConfig
+    assert TrainConfig.from_dict({"flip": True}).flip == "random"  # config.json of earlier versions
+    assert TrainConfig.from_dict({"flip": False}).flip == "none"
+    assert resolve_config(flip="alternate").flip == "alternate"
+    with pytest.raises(UsageError, match="flip must be none, random, alternate"):
+        resolve_config(flip="sometimes")
+    result = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--data", "synthetic", "--flip", "sideways"])
+    assert result.exit_code == 2 and "flip must be" in result.output
+
+
 def test_schedules():
     base = resolve_config("baseline", epochs=4)
     lrs = [lr_at(s, 40, 10, base) for s in range(40)]

@@ -102,6 +102,8 @@ def train_cmd(
     weight_decay: Annotated[float | None, typer.Option(help="weight decay (not on BN and biases)")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="label smoothing")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="EMA of weights per step (0: off)")] = None,
+    flip: Annotated[str | None, typer.Option(help="horizontal flips: random, alternate (each image mirrored every "
+                                             "other epoch) or none")] = None,
     cutout: Annotated[int | None, typer.Option(help="cutout square side in pixels (0: off)")] = None,
     policy: Annotated[str | None, typer.Option(help="autoaugment or randaugment")] = None,
     channels_last: Annotated[bool | None, typer.Option("--channels-last/--nchw", help="memory format")] = None,
@@ -151,10 +153,10 @@ def train_cmd(
             cfg = resolve_config(
                 recipe, model=model, data=data, width=width, cifar_stem=stem, weights=weights, epochs=epochs,
                 batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
-                weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, cutout=cutout,
-                policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise, tta=tta,
-                val_every=val_every, resize_from=resize_from, resize_until=resize_until, resolution=resolution,
-                preset=preset,
+                weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, flip=flip,
+                cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise,
+                tta=tta, val_every=val_every, resize_from=resize_from, resize_until=resize_until,
+                resolution=resolution, preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)
         reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()
@@ -187,7 +189,7 @@ def eval_cmd(
     model: Annotated[str, typer.Argument(help="model name, or a .safetensors checkpoint")],
     data: Annotated[str, typer.Option(help="cifar10:PATH, cifar100:PATH, folder:PATH or synthetic[:N]")],
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file")] = None,
-    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 500,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 100,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     strict: Annotated[bool, typer.Option("--strict", help="an unreadable image is an error, not skipped")] = False,
     val_size: Annotated[float | None, typer.Option(help="folder without val/: the images training held out "

@@ -64,7 +64,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0               # 0: off; else EMA of weights, which is what is validated and saved
     pad_crop: int = 4
-    flip: bool = True
+    flip: str = "random"                 # none | random | alternate (each image mirrored every other epoch)
     cutout: int = 0
     resize_from: int = 0                 # progressive resizing: train at this size first (px; 0: off) ...
     resize_until: float = 0.5            # ... growing by 4 px steps to full size at this fraction of the epochs
@@ -83,7 +83,7 @@ class TrainConfig:
     device: str = "auto"
     output: str | None = None
     download: bool = True
-    eval_batch_size: int = 500
+    eval_batch_size: int = 100           # small batches stay in cache: ~1.9x the images/s of 500 on a CPU
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,6 +98,8 @@ class TrainConfig:
             d["step_milestones"] = tuple(d["step_milestones"])
         if isinstance(d.get("tta"), bool):  # run directories of earlier versions: a flag for mirror TTA
             d["tta"] = "mirror" if d["tta"] else "none"
+        if isinstance(d.get("flip"), bool):  # ... and a flag for random flips
+            d["flip"] = "random" if d["flip"] else "none"
         return cls(**d)
 
 
@@ -133,6 +135,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.resize_from == 0 or cfg.resize_from >= 8, f"resize_from must be 0 (off) or >= 8 px: {cfg.resize_from}"),
         (0 < cfg.resize_until <= 1, f"resize_until must be in (0, 1], got {cfg.resize_until}"),
         (cfg.tta in TTA_SHIFTS, f"tta must be {', '.join(TTA_SHIFTS)}: {cfg.tta!r}"),
+        (cfg.flip in FLIPS, f"flip must be {', '.join(FLIPS)}: {cfg.flip!r}"),
         (cfg.bf16 in (True, False, "auto"), f"bf16 must be true, false or auto, got {cfg.bf16!r}"),
     ]
     for ok, message in checks:
@@ -255,19 +258,51 @@ def _gen(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+FLIPS = ("none", "random", "alternate")
+
+
+def alternate_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of ``n`` images are mirrored in ``epoch`` (1-based) under alternating flips: a seeded
+    random half in odd epochs, the other half in even ones, so that each image is seen both ways
+    every two epochs (the derandomised flip of Jordan 2024, "94% on CIFAR-10 in 3.29 seconds")."""
+    return (torch.rand(n, generator=_gen(seed, 23)) < 0.5) ^ (epoch % 2 == 0)
+
+
+class _Mirrored(torch.utils.data.Dataset):
+    """A lazy folder dataset whose items at ``flips`` come mirrored."""
+
+    def __init__(self, data, flips: torch.Tensor):
+        self.data, self.flips = data, flips
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        x, *rest = self.data[i]
+        return (x.flip(-1) if x is not None and self.flips[i] else x, *rest)
+
+
 def train_batches(data, cfg: TrainConfig, epoch: int, ctx: D.Context):
-    """(uint8 images, labels, unreadable files) of one epoch, shuffled by (seed, epoch), this rank's share."""
+    """(uint8 images, labels, unreadable files) of one epoch, shuffled by (seed, epoch), this rank's share.
+
+    With ``cfg.flip == "alternate"`` the images come mirrored as ``alternate_flips`` says; random
+    flips happen later, in ``augment``."""
     perm = torch.randperm(len(data), generator=_gen(cfg.seed, epoch, 17))
     perm = D.shard(perm, ctx, pad=True)
+    flips = alternate_flips(len(data), cfg.seed, epoch) if cfg.flip == "alternate" else None
     bs = cfg.batch_size
     steps = max(len(perm) // bs, 1)   # drop the last partial batch (stable BN, a fixed step count)
     if isinstance(data, ImageTensors):
         for i in range(steps):
-            x, y = data.batch(perm[i * bs:(i + 1) * bs])
+            index = perm[i * bs:(i + 1) * bs]
+            x, y = data.batch(index)
+            if flips is not None:
+                x = torch.where(flips[index][:, None, None, None], x.flip(3), x)
             yield x, y, []
         return
-    loader = torch.utils.data.DataLoader(data, batch_size=bs, sampler=perm[: steps * bs].tolist(),
-                                         num_workers=cfg.workers, collate_fn=collate_skip, drop_last=True,
+    loader = torch.utils.data.DataLoader(data if flips is None else _Mirrored(data, flips), batch_size=bs,
+                                         sampler=perm[: steps * bs].tolist(), num_workers=cfg.workers,
+                                         collate_fn=collate_skip, drop_last=True,
                                          generator=_gen(cfg.seed, epoch, 29), persistent_workers=False)
     yield from loader
 
@@ -349,7 +384,7 @@ def tta_logits(model: nn.Module, xb: torch.Tensor, mode: str, first: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Preprocessing, *, batch_size: int = 500,
+def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Preprocessing, *, batch_size: int = 100,
              device: torch.device | str = "cpu", channels_last: bool = False, ctx: D.Context | None = None,
              label_map: torch.Tensor | None = None, workers: int = 2, tta: bool | str = "none") -> dict:
     """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``data`` (summed over ranks).
@@ -547,7 +582,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     fast_dw = fastdw.enable(model) if cfg.fast_depthwise and ctx.device.type == "cpu" and not bf16 else 0
     optimizer = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    aug = AugmentConfig(cfg.pad_crop, cfg.flip, cfg.cutout, cfg.policy)
+    aug = AugmentConfig(cfg.pad_crop, cfg.flip == "random", cfg.cutout, cfg.policy)
     spe = steps_per_epoch(len(splits.train), cfg, ctx)
     meta = CheckpointMeta(cfg.model, model.config, pre, list(splits.class_names), {})
     model.checkpoint_meta = meta
@@ -796,7 +831,7 @@ def _budget_probe(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: P
 
 # ---------------------------------------------------------------------------------------- evaluate
 
-def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = None, batch_size: int = 500,
+def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = None, batch_size: int = 100,
                         device: str = "auto", strict: bool = False, download: bool = True,
                         channels_last: bool = False, val_size: int | float | None = None,
                         seed: int | None = None, tta: bool | str = "none") -> dict:

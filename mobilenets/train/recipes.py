@@ -21,13 +21,13 @@ RECIPES: dict[str, dict] = {
     "baseline": dict(
         epochs=20, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
         no_decay_bn_bias=False, schedule="step", step_milestones=(0.5, 0.75), step_gamma=0.1, warmup_epochs=0,
-        label_smoothing=0.0, ema_decay=0.0, pad_crop=4, flip=True, cutout=0, policy=None,
+        label_smoothing=0.0, ema_decay=0.0, pad_crop=4, flip="random", cutout=0, policy=None,
         channels_last=False, bf16=False,
     ),
     "default": dict(
         epochs=30, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
         no_decay_bn_bias=True, schedule="cosine", warmup_epochs=2, label_smoothing=0.1, ema_decay=0.999,
-        pad_crop=4, flip=True, cutout=0, policy=None, channels_last=True, bf16=False,
+        pad_crop=4, flip="random", cutout=0, policy=None, channels_last=True, bf16=False,
     ),
     # Chosen for 2 CPU cores shared with other jobs: two processes of one thread each under torchrun
     # held up far better than one process of two threads; batch 64 per process ran faster than 128;
@@ -36,7 +36,7 @@ RECIPES: dict[str, dict] = {
         model="mobilenet_v3_small", cifar_stem=2, width=1.0,
         epochs=60, batch_size=64, optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
         no_decay_bn_bias=True, schedule="onecycle", warmup_epochs=2, label_smoothing=0.1, ema_decay=0.998,
-        pad_crop=4, flip=True, cutout=0, policy=None, channels_last=True, bf16=False, fast_depthwise=True,
+        pad_crop=4, flip="random", cutout=0, policy=None, channels_last=True, bf16=False, fast_depthwise=True,
         tta="mirror-shift", val_every=4, val_size=5000, time_budget_min=58.0,
     ),
 }
