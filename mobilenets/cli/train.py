@@ -110,6 +110,9 @@ def train_cmd(
     bf16: Annotated[str | None, typer.Option(help="bfloat16 autocast: auto, on or off")] = None,
     fast_depthwise: Annotated[bool | None, typer.Option("--fast-depthwise/--no-fast-depthwise",
                                                         help="CPU: compiled depthwise weight gradients")] = None,
+    keep_memory: Annotated[bool | None, typer.Option("--keep-memory/--no-keep-memory",
+                                                     help="CPU: malloc keeps freed memory (no page faults "
+                                                     "per step; the process keeps its peak size)")] = None,
     tta: Annotated[str | None, typer.Option(help="validation views: none, mirror (each image and its mirror) or "
                                             "mirror-shift (also shifted 1 px both ways)")] = None,
     resize_from: Annotated[int | None, typer.Option(help="progressive resizing: train at this size (px) first, "
@@ -155,8 +158,8 @@ def train_cmd(
                 batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, flip=flip,
                 cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise,
-                tta=tta, val_every=val_every, resize_from=resize_from, resize_until=resize_until,
-                resolution=resolution, preset=preset,
+                keep_memory=keep_memory, tta=tta, val_every=val_every, resize_from=resize_from,
+                resize_until=resize_until, resolution=resolution, preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)
         reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()

@@ -28,6 +28,7 @@ from ..errors import UsageError
 from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
 from . import fastdw
+from .allocator import keep_freed_memory
 from .augment import AugmentConfig, augment, normalize
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .recipes import get_recipe
@@ -72,6 +73,7 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
     fast_depthwise: bool = True          # CPU: depthwise weight gradients by a compiled loop (train/fastdw.py)
+    keep_memory: bool = True             # CPU: malloc keeps freed memory, no page faults per step (train/allocator.py)
     tta: str = "none"                    # validation views: none | mirror | mirror-shift (see TTA_SHIFTS)
     val_every: int = 1                   # validate epoch 1, every N-th epoch and the last
     seed: int = 0
@@ -567,6 +569,7 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
 def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float) -> RunResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    kept = cfg.keep_memory and ctx.device.type == "cpu" and keep_freed_memory()
     torch.manual_seed(cfg.seed)
     run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
     splits = load_data(cfg.data, resolution=cfg.resolution, preset=cfg.preset, val_size=cfg.val_size, seed=cfg.seed,
@@ -619,8 +622,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                          f"estimated epoch: {per_size}, validation {val_s:.0f} s)")
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
     record = {"preprocessing": pre.to_dict(), "class_names": splits.class_names, "data": splits.info, "bf16": bf16,
-              "fast_depthwise_layers": fast_dw, "world_size": ctx.world_size, "threads": torch.get_num_threads(),
-              "model_config": model.config.to_dict()}
+              "fast_depthwise_layers": fast_dw, "keep_memory": kept, "world_size": ctx.world_size,
+              "threads": torch.get_num_threads(), "model_config": model.config.to_dict()}
     if resume is None and ctx.is_main:
         _write_config(run_dir, cfg, record)
     D.barrier(ctx)
@@ -637,7 +640,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                  f"{len(splits.val)} val images, {len(splits.class_names)} classes, {cfg.epochs} epochs of {spe} "
                  f"steps, recipe {cfg.recipe}, bf16 {'on' if bf16 else 'off'}, "
                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {torch.get_num_threads()} threads, "
-                 f"{fast_dw} fast depthwise layers, "
+                 f"{fast_dw} fast depthwise layers, {'freed memory kept, ' if kept else ''}"
                  f"{ctx.world_size} process(es) -> {run_dir}")
     epoch = start_epoch - 1
     while epoch < cfg.epochs:  # not a range: a time budget may re-fit cfg.epochs after the first epochs
