@@ -178,6 +178,23 @@ def test_time_budget_picks_the_epochs(tmp_path):
     assert any("time budget" in line for line in cap.lines)
 
 
+def test_time_budget_shortens_the_schedule_when_the_machine_slows_down(tmp_path, monkeypatch):
+    import mobilenets.train.engine as engine
+    real = engine.epochs_that_fit
+
+    def slower(done, *args, **kw):  # from epoch 4 on, only two more epochs fit in the budget
+        n = real(done, *args, **kw)
+        return min(n, done + 2) if done >= 4 else n
+
+    monkeypatch.setattr(engine, "epochs_that_fit", slower)
+    cap = Capture()
+    result = fit(tiny(tmp_path, epochs=40, time_budget_min=30, val_every=4), reporter=cap)
+    assert len(result.history) == 6 and result.last["epochs"] == 6 and result.last["val_top1"] is not None
+    assert result.last["lr"] < 0.02 * result.history[2]["lr"]  # the schedule ran to its end, not cut off
+    assert "6 epochs instead of 40" in result.stopped
+    assert json.loads((result.run_dir / "config.json").read_text())["epochs"] == 6
+
+
 def test_time_budget_refits_the_epochs_from_measured_epoch_times():
     from mobilenets.train.engine import epochs_that_fit
     fit_ = dict(elapsed=100, deadline=600, limit=60)
@@ -221,6 +238,8 @@ def test_flip_modes_and_earlier_run_directories():
     assert resolve_config(flip="alternate").flip == "alternate"
     with pytest.raises(UsageError, match="flip must be none, random, alternate"):
         resolve_config(flip="sometimes")
+    with pytest.raises(UsageError, match="dropout must be in"):
+        resolve_config(dropout=1.5)
     result = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--data", "synthetic", "--flip", "sideways"])
     assert result.exit_code == 2 and "flip must be" in result.output
 

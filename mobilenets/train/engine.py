@@ -128,6 +128,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.schedule in ("step", "cosine", "onecycle", "linear", "constant"),
          f"schedule must be step, cosine, onecycle, linear or constant: {cfg.schedule!r}"),
         (0 <= cfg.label_smoothing < 1, f"label smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+        (cfg.dropout is None or 0 <= cfg.dropout < 1, f"dropout must be in [0, 1), got {cfg.dropout}"),
         (0 <= cfg.ema_decay < 1, f"ema decay must be in [0, 1), got {cfg.ema_decay}"),
         (cfg.policy in (None, "autoaugment", "randaugment"), f"policy must be autoaugment or randaugment: "
                                                               f"{cfg.policy!r}"),
@@ -676,13 +677,27 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             reporter.step(len(y) * ctx.world_size, loss.item())
         train_time = time.perf_counter() - te
         loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], ctx)
-        # Stop here if the budget cannot fit another epoch (decided before validating: the last
-        # epoch of a run is always validated).
-        over = bool(deadline) and epoch < cfg.epochs and D.broadcast_object(
-            elapsed_before + time.perf_counter() - t0 + train_time * 1.02 + 2 * val_s + 2 > deadline, ctx)
+        if deadline and epoch < cfg.epochs:
+            # Re-fit the schedule to the budget, from this epoch's measured time: after epochs 1-3 of
+            # a fresh run either way (this early, stretching or shrinking it moves the LR by <1%);
+            # later only shorter, when the rest no longer fits (the machine slowed down), so that the
+            # run still ends on the schedule's last, smallest-LR epoch, validated.
+            early = epoch <= 3 and resume is None
+            fits = D.broadcast_object(epochs_that_fit(
+                epoch, elapsed_before + time.perf_counter() - t0 + val_s, _measured_cost(costs, cfg, pre, epoch,
+                                                                                        train_time),
+                val_s, cfg.val_every, deadline, epochs_limit if early else cfg.epochs), ctx)
+            if fits != cfg.epochs:
+                note = f"time budget: {fits} epochs instead of {cfg.epochs} (epoch {epoch} took {train_time:.0f} s)"
+                reporter.log(note)
+                stopped = note if fits < cfg.epochs and (not early or fits == epoch) else stopped
+                cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": fits})
+                total = cfg.epochs * spe
+                if ctx.is_main:
+                    _write_config(run_dir, cfg, record)
         ev = {"loss": None, "top1": None, "top5": None, "top1_single": None}
         eval_model = ema.module if ema is not None else model
-        if over or validates(epoch, cfg.epochs, cfg.val_every):
+        if validates(epoch, cfg.epochs, cfg.val_every):
             tv = time.perf_counter()
             D.broadcast_buffers(eval_model, ctx)  # every rank validates with rank 0's BN statistics
             ev = evaluate(eval_model, splits.val, pre, batch_size=cfg.eval_batch_size, device=ctx.device,
@@ -728,25 +743,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             except Exception as exc:  # noqa: BLE001  (a plot must never stop training)
                 reporter.log(f"note: could not plot curves: {exc}")
         reporter.epoch_end(row)
-        if deadline and epoch <= 3 and resume is None:
-            # Re-fit the epochs to the budget: the start-up probe's estimates, scaled by this epoch's
-            # measured time; this early, stretching or shrinking the schedule moves the LR by <1%.
-            est = _epoch_cost(costs, cfg, pre)
-            scale = (train_time + 2.0) / est(epoch, cfg.epochs)
-            refit = D.broadcast_object(epochs_that_fit(epoch, elapsed, lambda e, n, s=scale, f=est: s * f(e, n),
-                                                       val_s, cfg.val_every, deadline, epochs_limit), ctx)
-            if refit != cfg.epochs:
-                reporter.log(f"time budget: {refit} epochs instead of {cfg.epochs} "
-                             f"(epoch {epoch} took {row['epoch_time_s']:.0f} s)")
-                cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": refit})
-                total = cfg.epochs * spe
-                if ctx.is_main:
-                    _write_config(run_dir, cfg, record)
         D.barrier(ctx)
-        if over:
-            stopped = f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch}"
-            reporter.log(stopped)
-            break
 
     wall = elapsed_before + time.perf_counter() - t0
     skipped_list = [{"path": p, "reason": r} for p, r in sorted(
@@ -790,6 +787,17 @@ def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing) -
         t = (r * r - lo * lo) / (hi * hi - lo * lo) if hi > lo else 1.0
         return costs[lo] + t * (costs[hi] - costs[lo])
     return cost
+
+
+def _measured_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing, epoch: int,
+                   train_time: float) -> Callable[[int, int], float]:
+    """Seconds to train epoch e of n from now on: the start-up probe's estimates scaled to the measured
+    ``train_time`` of ``epoch`` (that time itself when there was no probe, as after ``--resume``)."""
+    if not costs:
+        return lambda e, n: train_time + 2.0
+    est = _epoch_cost(costs, cfg, pre)
+    scale = (train_time + 2.0) / est(epoch, cfg.epochs)
+    return lambda e, n: scale * est(e, n)
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
