@@ -8,7 +8,8 @@ and the per-epoch curve. ``--collect RUN_DIR`` only summarises a finished (or ru
 Usage:
   python benchmarks/cifar10_recipe.py --data /work/cifar10 --output /work/runs/cifar10_60min
   python benchmarks/cifar10_recipe.py --collect /work/runs/cifar10_60min
-Prints a summary and writes benchmarks/results/cifar10_recipe.json.
+Prints a summary and writes benchmarks/results/cifar10_recipe.json and its _curves.png
+(``--name`` to keep the figures of a variant beside them).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def launch(args) -> None:
     print(f"wall time {(time.perf_counter() - t) / 60:.1f} min (process start to end)")
 
 
-def collect(run: Path) -> dict:
+def collect(run: Path, name: str = "cifar10_recipe") -> dict:
     config = json.loads((run / "config.json").read_text())
     history = json.loads((run / "metrics.json").read_text())
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
@@ -49,7 +50,7 @@ def collect(run: Path) -> dict:
                                                     "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                                                     "ema_decay", "pad_crop", "flip", "cutout", "bf16",
                                                     "channels_last", "time_budget_min", "val_every") if k in config}
-           | {k: config.get(k, False) for k in ("fast_depthwise", "tta")},
+           | {k: config.get(k, False) for k in ("fast_depthwise", "keep_memory", "tta")},
            "world_size": config["resolved"]["world_size"], "threads": config["resolved"]["threads"],
            "data": config["resolved"]["data"], "epochs_done": len(history),
            "best_val_top1": best["val_top1"], "best_epoch": best["epoch"], "last_val_top1": history[-1]["val_top1"],
@@ -63,7 +64,7 @@ def collect(run: Path) -> dict:
         out["last_val_top1_single_view"] = history[-1]["val_top1_single"]
     if (run / "curves.png").is_file():
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "cifar10_recipe_curves.png").write_bytes((run / "curves.png").read_bytes())
+        (RESULTS / f"{name}_curves.png").write_bytes((run / "curves.png").read_bytes())
     return out
 
 
@@ -75,12 +76,13 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--collect", type=Path, help="only summarise this run directory")
+    ap.add_argument("--name", default="cifar10_recipe", help="results file name (without .json)")
     args = ap.parse_args()
     if args.collect is None:
         launch(args)
-    out = collect(args.collect or args.output)
+    out = collect(args.collect or args.output, args.name)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cifar10_recipe.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1))
     print(f"{out['model']} stem {out['cifar_stem']} recipe {out['recipe']}: {out['epochs_done']} epochs in "
           f"{out['wall_time_min']:.1f} min, best val top-1 {out['best_val_top1']:.2f}% (epoch {out['best_epoch']}), "
           f"last {out['last_val_top1']:.2f}%, {out['mean_images_per_s']:.0f} img/s"

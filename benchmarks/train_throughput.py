@@ -17,6 +17,9 @@ layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEG
   batch of 128 as the one-process rows).
 - ``ceiling``: forward + backward + SGD step on one fixed batch (no data at all), fp32 and bf16,
   channels-last: what the cores can do with PyTorch's kernels.
+- ``+ freed memory kept``: malloc keeps freed memory (``mobilenets.train.allocator``, on by default
+  in ``mobilenets train``), so the activation buffers of each step do not fault in anew. It is
+  process-wide and cannot be undone, so these rows run last (or in their own processes).
 
 Usage: python benchmarks/train_throughput.py [--data /work/cifar10/train] [--steps 25] [--threads 2]
 Prints a table and writes benchmarks/results/train_throughput.json. Run it on a quiet machine:
@@ -39,6 +42,7 @@ import mobilenets
 from mobilenets.data.datasets import decode_files, scan_folder
 from mobilenets.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar
 from mobilenets.train import fastdw
+from mobilenets.train.allocator import keep_freed_memory
 from mobilenets.train.augment import AugmentConfig, augment, normalize
 from mobilenets.train.engine import cpu_has_bf16
 
@@ -102,9 +106,11 @@ def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = 
     return timed(make_step(model(channels_last, fast_dw), bf16), our_batches(data, channels_last), steps)
 
 
-def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, out) -> None:
+def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, keep: bool, out) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
+    if keep:
+        keep_freed_memory()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         net = torch.nn.parallel.DistributedDataParallel(model(True, True))
@@ -114,8 +120,9 @@ def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, 
         dist.destroy_process_group()
 
 
-def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128) -> float:
-    """Images/s summed over ``procs`` single-thread DDP processes of ``batch`` images each."""
+def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = False) -> float:
+    """Images/s summed over ``procs`` single-thread DDP processes of ``batch`` images each (``keep``:
+    malloc keeps freed memory in them)."""
     import socket
 
     import torch.multiprocessing as mp
@@ -123,7 +130,7 @@ def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128) -> float:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, out), nprocs=procs)
+    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, keep, out), nprocs=procs)
     return sum(out.values())
 
 
@@ -160,6 +167,8 @@ def main() -> None:
         rows["ours 2 processes x 1 thread + fast depthwise"] = ddp_loop(data, args.steps)
         # the same global batch of 128 as the other rows, split over the two processes
         rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise"] = ddp_loop(data, 2 * args.steps, batch=64)
+        rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise + freed memory kept"] = ddp_loop(
+            data, 2 * args.steps, batch=64, keep=True)
     bf16 = cpu_has_bf16()
     if bf16:
         rows["ours channels-last + bf16"] = our_loop(data, args.steps, True, True)
@@ -167,6 +176,10 @@ def main() -> None:
     rows["ceiling fp32 channels-last + fast depthwise (no data)"] = ceiling(args.steps, False, True)
     if bf16:
         rows["ceiling bf16 channels-last (no data)"] = ceiling(args.steps, True)
+    if keep_freed_memory():  # process-wide from here on
+        rows["ours channels-last + fast depthwise + freed memory kept"] = our_loop(data, args.steps, True, False, True)
+        rows["ceiling fp32 channels-last + fast depthwise + freed memory kept (no data)"] = ceiling(
+            args.steps, False, True)
     base = rows["seed (ImageFolder + PIL, NCHW fp32)"]
     per_epoch = 50_000
     print(f"decoded {len(data)} images once in {decode_s:.1f}s "

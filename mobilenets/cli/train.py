@@ -87,6 +87,8 @@ def train_cmd(
     recipe: Annotated[str, typer.Option(help="named preset: baseline (the seed's), default, cifar10_60min")]
     = "default",
     width: Annotated[float | None, typer.Option(help="width multiplier")] = None,
+    dropout: Annotated[float | None, typer.Option(help="dropout before the classifier (default: the model's)")]
+    = None,
     cifar_stem: Annotated[bool, typer.Option("--cifar-stem", help="the seed's CIFAR stem: stride 1 in the "
                                              "first 3 stride-2 layers (32x32 inputs)")] = False,
     stem_layers: Annotated[int | None, typer.Option(help="how many leading stride-2 layers become stride 1 "
@@ -154,12 +156,12 @@ def train_cmd(
                 fail(f"--bf16 must be auto, on or off, got {bf16!r}")
             stem = stem_layers if stem_layers is not None else (3 if cifar_stem else None)
             cfg = resolve_config(
-                recipe, model=model, data=data, width=width, cifar_stem=stem, weights=weights, epochs=epochs,
-                batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
-                weight_decay=weight_decay, label_smoothing=label_smoothing, ema_decay=ema_decay, flip=flip,
-                cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf, fast_depthwise=fast_depthwise,
-                keep_memory=keep_memory, tta=tta, val_every=val_every, resize_from=resize_from,
-                resize_until=resize_until, resolution=resolution, preset=preset,
+                recipe, model=model, data=data, width=width, dropout=dropout, cifar_stem=stem, weights=weights,
+                epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+                warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                ema_decay=ema_decay, flip=flip, cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf,
+                fast_depthwise=fast_depthwise, keep_memory=keep_memory, tta=tta, val_every=val_every,
+                resize_from=resize_from, resize_until=resize_until, resolution=resolution, preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)
         reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()
