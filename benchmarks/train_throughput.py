@@ -184,9 +184,9 @@ def main() -> None:
     per_epoch = 50_000
     print(f"decoded {len(data)} images once in {decode_s:.1f}s "
           f"({decode_s / len(data) * 1e3:.2f} ms/image; amortised over an epoch of {per_epoch} images)")
-    print(f"{'loop':62s} {'img/s':>8s} {'x seed':>7s}")
+    print(f"{'loop':80s} {'img/s':>8s} {'x seed':>7s}")
     for k, v in rows.items():
-        print(f"{k:62s} {v:8.0f} {v / base:7.2f}")
+        print(f"{k:80s} {v:8.0f} {v / base:7.2f}")
     best = max(v for k, v in rows.items() if k.startswith("ours"))
     epoch_s = per_epoch / best + decode_s * per_epoch / len(data)
     out = {"model": "mobilenet_v3_small 1.0, seed CIFAR stem (cifar_stem=3), 32x32, batch 128",

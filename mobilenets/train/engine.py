@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -636,6 +637,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     total = cfg.epochs * spe
     deadline = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     stopped = None
+    measured: list[tuple[int, float]] = []  # (epoch, training seconds) of the last epochs, for the budget
     skipped: dict[str, str] = {}
     reporter.log(f"training {cfg.model} on {splits.info.get('data')}: {len(splits.train)} train / "
                  f"{len(splits.val)} val images, {len(splits.class_names)} classes, {cfg.epochs} epochs of {spe} "
@@ -676,17 +678,21 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             seen += len(y)
             reporter.step(len(y) * ctx.world_size, loss.item())
         train_time = time.perf_counter() - te
+        measured = (measured + [(epoch, train_time)])[-3:]
         loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], ctx)
         if deadline and epoch < cfg.epochs:
-            # Re-fit the schedule to the budget, from this epoch's measured time: after epochs 1-3 of
-            # a fresh run either way (this early, stretching or shrinking it moves the LR by <1%);
-            # later only shorter, when the rest no longer fits (the machine slowed down), so that the
-            # run still ends on the schedule's last, smallest-LR epoch, validated.
+            # Re-fit the schedule to the budget from the measured epoch times: after epochs 1-3 of a
+            # fresh run either way (this early, stretching or shrinking it moves the LR by <1%); later
+            # only shorter, when the rest no longer fits (the machine slowed down), so that the run
+            # still ends on the schedule's last, smallest-LR epoch, validated. If not even one more
+            # epoch fits at this epoch's pace, this one is the last.
             early = epoch <= 3 and resume is None
-            fits = D.broadcast_object(epochs_that_fit(
-                epoch, elapsed_before + time.perf_counter() - t0 + val_s, _measured_cost(costs, cfg, pre, epoch,
-                                                                                        train_time),
-                val_s, cfg.val_every, deadline, epochs_limit if early else cfg.epochs), ctx)
+            now = elapsed_before + time.perf_counter() - t0 + val_s
+            fits = epochs_that_fit(epoch, now, _measured_cost(costs, cfg, pre, measured), val_s, cfg.val_every,
+                                   deadline, epochs_limit if early else cfg.epochs)
+            if epochs_that_fit(epoch, now, train_time + 2.0, val_s, cfg.val_every, deadline, epoch + 1) == epoch:
+                fits = epoch
+            fits = D.broadcast_object(fits, ctx)
             if fits != cfg.epochs:
                 note = f"time budget: {fits} epochs instead of {cfg.epochs} (epoch {epoch} took {train_time:.0f} s)"
                 reporter.log(note)
@@ -789,14 +795,17 @@ def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing) -
     return cost
 
 
-def _measured_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing, epoch: int,
-                   train_time: float) -> Callable[[int, int], float]:
-    """Seconds to train epoch e of n from now on: the start-up probe's estimates scaled to the measured
-    ``train_time`` of ``epoch`` (that time itself when there was no probe, as after ``--resume``)."""
+def _measured_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing,
+                   measured: list[tuple[int, float]]) -> Callable[[int, int], float]:
+    """Seconds to train epoch e of n from now on: the start-up probe's estimates scaled by the median
+    ratio of measured to estimated time over ``measured`` ((epoch, seconds) of the last epochs); the
+    median measured time when there was no probe (as after ``--resume``). A median, so that one slow
+    epoch does not shorten the schedule for good."""
     if not costs:
-        return lambda e, n: train_time + 2.0
+        seconds = statistics.median(t for _, t in measured) + 2.0
+        return lambda e, n: seconds
     est = _epoch_cost(costs, cfg, pre)
-    scale = (train_time + 2.0) / est(epoch, cfg.epochs)
+    scale = statistics.median((t + 2.0) / est(e, cfg.epochs) for e, t in measured)
     return lambda e, n: scale * est(e, n)
 
 

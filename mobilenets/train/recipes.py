@@ -11,7 +11,9 @@
   with 6-view TTA (mirror x 1 px shifts). On 5,000 held-out CIFAR-10 training images it reached
   89.38% top-1 (88.14% single view) after 33 epochs in 56.3 minutes (the plain reference recipe:
   87.5% in 62 minutes). Progressive resizing from 20 px (``--resize-from 20 --resize-until 0.6``)
-  fitted 41 epochs but reached only 88.94%. ``benchmarks/cifar10_recipe.py`` reproduces it.
+  fitted 41 epochs but reached only 88.94%; alternating flips (``--flip alternate``, 36 epochs on a
+  slower machine) 89.20%, and without dropout (31 epochs) 88.66%: neither is in the preset.
+  ``benchmarks/cifar10_recipe.py`` reproduces it.
 """
 from __future__ import annotations
 
