@@ -133,7 +133,6 @@ def test_batched_augmentation_is_seeded_and_shaped():
     assert (holes == 0).sum() > 0
 
 
-
 def _flip_states(batch, originals) -> dict[int, bool]:
     """{index of the original: whether the batch holds it mirrored}; each image must be one or the other."""
     states = {}

@@ -285,7 +285,7 @@ def _set_observers(module: torch.nn.Module, enabled: bool) -> None:
 def _float_batches(data: TrainingData, batch_size: int, epoch: int, seed: int, pre, aug):
     """Normalised float32 batches and labels of one epoch (the last partial batch dropped, as ``fit``)."""
     from ..train import distributed as D
-    from ..train.augment import augment, normalize
+    from ..train.augment import augment, mirror, normalize
     from ..train.engine import TrainConfig, _gen, train_batches
     if data.tensors is not None:
         cfg = TrainConfig(batch_size=min(batch_size, len(data)), seed=seed, workers=2)
@@ -303,8 +303,7 @@ def _float_batches(data: TrainingData, batch_size: int, epoch: int, seed: int, p
         idx = perm[i * b:(i + 1) * b]
         x = images[idx]
         if aug.flip:
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = mirror(x, torch.rand(len(idx), generator=g) < 0.5)
         yield x, labels[idx]
 
 

@@ -34,9 +34,13 @@ def pad_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     return padded[bi, ci, rows, cols]
 
 
+def mirror(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The images of batch ``x`` where the bool ``mask`` (one per image) is set, mirrored left-right."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
 def flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    mask = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)[:, None, None, None]
-    return torch.where(mask, x.flip(3), x)
+    return mirror(x, torch.rand(x.shape[0], generator=g) < 0.5)
 
 
 def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:

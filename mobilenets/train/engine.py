@@ -30,7 +30,7 @@ from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwra
 from . import distributed as D
 from . import fastdw
 from .allocator import keep_freed_memory
-from .augment import AugmentConfig, augment, normalize
+from .augment import AugmentConfig, augment, mirror, normalize
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .recipes import get_recipe
 
@@ -301,7 +301,7 @@ def train_batches(data, cfg: TrainConfig, epoch: int, ctx: D.Context):
             index = perm[i * bs:(i + 1) * bs]
             x, y = data.batch(index)
             if flips is not None:
-                x = torch.where(flips[index][:, None, None, None], x.flip(3), x)
+                x = mirror(x, flips[index])
             yield x, y, []
         return
     loader = torch.utils.data.DataLoader(data if flips is None else _Mirrored(data, flips), batch_size=bs,
