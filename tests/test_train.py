@@ -244,6 +244,46 @@ def test_flip_modes_and_earlier_run_directories():
     assert result.exit_code == 2 and "flip must be" in result.output
 
 
+def test_weight_decay_groups_and_zero_init_residual():
+    from mobilenets.models import create_model
+    from mobilenets.train.engine import param_groups, zero_init_residual
+    model = create_model("mobilenet_v2", width=0.25, num_classes=10)
+    depthwise = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    pointwise = model.classifier.weight if hasattr(model, "classifier") else None
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    decay, free = param_groups(model, 5e-4, True)
+    assert all(id(w) in ids(decay) for w in depthwise) and all(p.ndim <= 1 for p in free["params"])
+    decay, free = param_groups(model, 5e-4, True, no_decay_depthwise=True)
+    assert all(id(w) in ids(free) and id(w) not in ids(decay) for w in depthwise)
+    assert all(p.ndim > 1 for p in decay["params"]) and (pointwise is None or id(pointwise) in ids(decay))
+    assert len(ids(decay)) + len(ids(free)) == len(list(model.parameters()))
+    decay, free = param_groups(model, 5e-4, False, no_decay_depthwise=True)  # BN and biases decay then
+    assert any(p.ndim == 1 for p in decay["params"])
+    assert all(id(p) in {id(w) for w in depthwise} for p in free["params"])
+
+    blocks = [b for b in model.modules() if getattr(b, "residual_channels", 0)]
+    assert zero_init_residual(model) == len(blocks) == 11  # V2 0.25: these blocks keep their shape
+    model.eval()
+    for b in blocks:  # each residual block starts as the identity
+        x = torch.randn(2, b.residual_channels, 8, 8)
+        assert torch.equal(b(x), x)
+        assert b.project.bn.weight.abs().sum() == 0 and b.dw.bn.weight.abs().sum() > 0
+
+
+def test_zero_init_residual_and_no_decay_depthwise_in_a_run(tmp_path):
+    result = fit(tiny(tmp_path, epochs=1, zero_init_residual=True, no_decay_depthwise=True),
+                 reporter=Reporter(enabled=False))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["zero_init_residual"] is True and saved["no_decay_depthwise"] is True
+    assert np.isfinite(result.history[-1]["train_loss"])
+    args = ["train", "mobilenet_v3_small", "--data", "synthetic:64", "--width", "0.25", "--resolution", "16",
+            "--cifar-stem", "--batch-size", "32", "--epochs", "1", "--threads", "1", "-o", str(tmp_path / "cli")]
+    result = CliRunner().invoke(app, [*args, "--zero-init-residual", "--no-decay-depthwise"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert saved["zero_init_residual"] is True and saved["no_decay_depthwise"] is True
+
+
 def test_schedules():
     base = resolve_config("baseline", epochs=4)
     lrs = [lr_at(s, 40, 10, base) for s in range(40)]

@@ -102,6 +102,12 @@ def train_cmd(
     schedule: Annotated[str | None, typer.Option(help="step, cosine, onecycle, linear or constant")] = None,
     warmup_epochs: Annotated[float | None, typer.Option(help="linear warm-up epochs")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="weight decay (not on BN and biases)")] = None,
+    no_decay_depthwise: Annotated[bool | None, typer.Option("--no-decay-depthwise/--decay-depthwise",
+                                                            help="no weight decay on depthwise filters "
+                                                            "(MobileNetV1 paper)")] = None,
+    zero_init_residual: Annotated[bool | None, typer.Option("--zero-init-residual/--no-zero-init-residual",
+                                                            help="from scratch: each residual branch's last BN "
+                                                            "starts at 0")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="label smoothing")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="EMA of weights per step (0: off)")] = None,
     flip: Annotated[str | None, typer.Option(help="horizontal flips: random, alternate (each image mirrored every "
@@ -158,7 +164,8 @@ def train_cmd(
             cfg = resolve_config(
                 recipe, model=model, data=data, width=width, dropout=dropout, cifar_stem=stem, weights=weights,
                 epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-                warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                warmup_epochs=warmup_epochs, weight_decay=weight_decay, no_decay_depthwise=no_decay_depthwise,
+                zero_init_residual=zero_init_residual, label_smoothing=label_smoothing,
                 ema_decay=ema_decay, flip=flip, cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf,
                 fast_depthwise=fast_depthwise, keep_memory=keep_memory, tta=tta, val_every=val_every,
                 resize_from=resize_from, resize_until=resize_until, resolution=resolution, preset=preset,

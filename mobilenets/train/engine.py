@@ -59,11 +59,13 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     no_decay_bn_bias: bool = True
+    no_decay_depthwise: bool = False     # no weight decay on depthwise filters either (MobileNetV1 paper, sec. 4)
     schedule: str = "cosine"             # step | cosine | onecycle | linear | constant
     warmup_epochs: float = 0.0
     step_milestones: tuple = (0.5, 0.75)  # fractions of the run (step schedule)
     step_gamma: float = 0.1
     label_smoothing: float = 0.0
+    zero_init_residual: bool = False     # from scratch: the last BN of each residual branch starts at 0
     ema_decay: float = 0.0               # 0: off; else EMA of weights, which is what is validated and saved
     pad_crop: int = 4
     flip: str = "random"                 # none | random | alternate (each image mirrored every other epoch)
@@ -187,18 +189,23 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> floa
     return cfg.lr
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
-    if not no_decay_bn_bias or not weight_decay:
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool,
+                 no_decay_depthwise: bool = False) -> list[dict]:
+    """Parameters with and without weight decay: BN weights and biases (1-d), and optionally the
+    depthwise filters, go without."""
+    exempt = {id(m.weight) for m in model.modules()
+              if no_decay_depthwise and isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels}
+    if not weight_decay or not (no_decay_bn_bias or exempt):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if (no_decay_bn_bias and p.ndim <= 1) or id(p) in exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias, cfg.no_decay_depthwise)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "rmsprop":  # TF-style RMSProp of the MobileNet papers
@@ -435,6 +442,18 @@ def evaluate(model: nn.Module, data: ImageTensors | LazyImageFolder, pre: Prepro
 
 # ------------------------------------------------------------------------------------------- model
 
+def zero_init_residual(model: nn.Module) -> int:
+    """Set the scale of the last BatchNorm of every residual branch to 0, so that each residual block
+    starts as the identity (Goyal et al. 2017); returns how many blocks."""
+    count = 0
+    for block in model.modules():
+        if getattr(block, "residual_channels", 0):
+            norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+            nn.init.zeros_(norms[-1].weight)
+            count += 1
+    return count
+
+
 def build_model(cfg: TrainConfig, splits: DataSplits, reporter: Reporter) -> nn.Module:
     from ..models import create_model
     from ..models.registry import model_config
@@ -457,8 +476,11 @@ def build_model(cfg: TrainConfig, splits: DataSplits, reporter: Reporter) -> nn.
                              cifar_stem=cfg.cifar_stem, dropout=cfg.dropout)
         reporter.log(f"loaded {cfg.model} weights from {cfg.weights}")
     else:
-        return create_model(cfg.model, width=cfg.width, num_classes=n, resolution=res, cifar_stem=cfg.cifar_stem,
-                            dropout=cfg.dropout)
+        model = create_model(cfg.model, width=cfg.width, num_classes=n, resolution=res, cifar_stem=cfg.cifar_stem,
+                             dropout=cfg.dropout)
+        if cfg.zero_init_residual:
+            reporter.log(f"zero-initialised the last BN of {zero_init_residual(model)} residual branches")
+        return model
     model.train()
     if model.config.num_classes != n:
         reporter.log(f"classifier re-initialised for {n} classes (the checkpoint had {model.config.num_classes}); "
