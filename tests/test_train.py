@@ -240,6 +240,9 @@ def test_flip_modes_and_earlier_run_directories():
         resolve_config(flip="sometimes")
     with pytest.raises(UsageError, match="dropout must be in"):
         resolve_config(dropout=1.5)
+    assert resolve_config("cifar10_60min", time_budget_min=0, epochs=5).time_budget_min == 0  # a preset, unbudgeted
+    with pytest.raises(UsageError, match="time budget must be >= 0"):
+        resolve_config(time_budget_min=-1)
     result = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--data", "synthetic", "--flip", "sideways"])
     assert result.exit_code == 2 and "flip must be" in result.output
 

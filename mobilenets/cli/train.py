@@ -137,7 +137,8 @@ def train_cmd(
     seed: Annotated[int | None, typer.Option(help="seed of init, shuffling, augmentation and the split")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="an unreadable image is an error, not skipped")] = False,
     time_budget_min: Annotated[float | None, typer.Option(help="fit the run, data loading included, in this many "
-                                                          "minutes (picks the epochs)")] = None,
+                                                          "minutes (picks the epochs; 0: none, so a preset "
+                                                          "runs exactly --epochs)")] = None,
     workers: Annotated[int | None, typer.Option(help="data loader workers (folders of large images)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per process")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,

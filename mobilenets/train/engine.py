@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = 0
     val_size: float = 0.1                # held out of train/ when a folder has no val/ (count or fraction)
     strict: bool = False                 # unreadable images are errors instead of skipped
-    time_budget_min: float | None = None  # pick the epochs (<= epochs) that fit in this wall time
+    time_budget_min: float | None = None  # pick the epochs (<= epochs) that fit in this wall time; 0: none
     workers: int = 2                     # DataLoader workers for folders of large images
     threads: int | None = None           # torch intra-op threads (None: torch's default)
     device: str = "auto"
@@ -135,7 +135,7 @@ def _validate(cfg: TrainConfig) -> None:
         (0 <= cfg.ema_decay < 1, f"ema decay must be in [0, 1), got {cfg.ema_decay}"),
         (cfg.policy in (None, "autoaugment", "randaugment"), f"policy must be autoaugment or randaugment: "
                                                               f"{cfg.policy!r}"),
-        (cfg.time_budget_min is None or cfg.time_budget_min > 0, "time budget must be > 0 minutes"),
+        (cfg.time_budget_min is None or cfg.time_budget_min >= 0, "time budget must be >= 0 minutes (0: none)"),
         (cfg.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
         (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
         (cfg.resize_from == 0 or cfg.resize_from >= 8, f"resize_from must be 0 (off) or >= 8 px: {cfg.resize_from}"),
