@@ -182,17 +182,44 @@ def test_time_budget_shortens_the_schedule_when_the_machine_slows_down(tmp_path,
     import mobilenets.train.engine as engine
     real = engine.epochs_that_fit
 
-    def slower(done, *args, **kw):  # from epoch 4 on, only two more epochs fit in the budget
+    def slower(done, *args, **kw):  # from epoch 4 on, the budget holds 6 epochs in all
         n = real(done, *args, **kw)
-        return min(n, done + 2) if done >= 4 else n
+        return min(n, 6) if done >= 4 else n
 
     monkeypatch.setattr(engine, "epochs_that_fit", slower)
     cap = Capture()
     result = fit(tiny(tmp_path, epochs=40, time_budget_min=30, val_every=4), reporter=cap)
     assert len(result.history) == 6 and result.last["epochs"] == 6 and result.last["val_top1"] is not None
     assert result.last["lr"] < 0.02 * result.history[2]["lr"]  # the schedule ran to its end, not cut off
-    assert "6 epochs instead of 40" in result.stopped
+    assert "6 epochs instead of the 40 planned" in result.stopped
     assert json.loads((result.run_dir / "config.json").read_text())["epochs"] == 6
+
+
+def test_time_budget_lengthens_the_schedule_again_when_the_machine_speeds_up(tmp_path, monkeypatch):
+    import mobilenets.train.engine as engine
+    real = engine.epochs_that_fit
+
+    def slow_then_fast(done, *args, **kw):  # after epoch 4 the budget holds 7 epochs, from epoch 5 on 9
+        n = real(done, *args, **kw)
+        return n if done < 4 else min(n, 7 if done == 4 else 9)
+
+    monkeypatch.setattr(engine, "epochs_that_fit", slow_then_fast)
+    cap = Capture()
+    result = fit(tiny(tmp_path, epochs=40, time_budget_min=30, val_every=4), reporter=cap)
+    assert [r["epochs"] for r in result.history] == [40, 40, 40, 7, 9, 9, 9, 9, 9]
+    assert result.last["lr"] < 0.02 * result.history[2]["lr"] and result.last["val_top1"] is not None
+    assert "9 epochs instead of the 40 planned" in result.stopped
+    assert any("9 epochs instead of 7" in line for line in cap.lines)
+
+
+def test_time_budget_grows_only_if_the_slowest_recent_pace_fits():
+    from mobilenets.data.transforms import Preprocessing
+    from mobilenets.train.engine import _measured_cost
+    cfg, pre = resolve_config(epochs=10), Preprocessing(kind="cifar", resolution=32)
+    measured = [(4, 98.0), (5, 148.0), (6, 98.0)]  # +2 s each for checkpoints
+    assert _measured_cost({32: 50.0}, cfg, pre, measured)(7, 10) == pytest.approx(100.0)  # median: shrink test
+    assert _measured_cost({32: 50.0}, cfg, pre, measured, pick=max)(7, 10) == pytest.approx(150.0)  # grow test
+    assert _measured_cost({}, cfg, pre, measured, pick=max)(7, 10) == pytest.approx(150.0)  # after --resume
 
 
 def test_time_budget_refits_the_epochs_from_measured_epoch_times():

@@ -659,6 +659,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     total = cfg.epochs * spe
     deadline = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     stopped = None
+    planned = cfg.epochs  # the epochs after the early re-fits; a run with fewer was cut short
     measured: list[tuple[int, float]] = []  # (epoch, training seconds) of the last epochs, for the budget
     skipped: dict[str, str] = {}
     reporter.log(f"training {cfg.model} on {splits.info.get('data')}: {len(splits.train)} train / "
@@ -704,21 +705,33 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], ctx)
         if deadline and epoch < cfg.epochs:
             # Re-fit the schedule to the budget from the measured epoch times: after epochs 1-3 of a
-            # fresh run either way (this early, stretching or shrinking it moves the LR by <1%); later
-            # only shorter, when the rest no longer fits (the machine slowed down), so that the run
-            # still ends on the schedule's last, smallest-LR epoch, validated. If not even one more
-            # epoch fits at this epoch's pace, this one is the last.
+            # fresh run either way (this early, stretching or shrinking it moves the LR by <1%). Later,
+            # shorter when the rest no longer fits at the median pace of the last 3 epochs (the machine
+            # slowed down), longer when more epochs fit even at the slowest of them (it sped up again):
+            # the gap between the two keeps the plan from flapping, and the run always ends on the
+            # schedule's last, smallest-LR epoch, validated. If not even one more epoch fits at this
+            # epoch's pace, this one is the last.
             early = epoch <= 3 and resume is None
             now = elapsed_before + time.perf_counter() - t0 + val_s
             fits = epochs_that_fit(epoch, now, _measured_cost(costs, cfg, pre, measured), val_s, cfg.val_every,
                                    deadline, epochs_limit if early else cfg.epochs)
+            if not early and fits == cfg.epochs:
+                fits = epochs_that_fit(epoch, now, _measured_cost(costs, cfg, pre, measured, pick=max), val_s,
+                                       cfg.val_every, deadline, epochs_limit)
+                fits = max(fits, cfg.epochs)
             if epochs_that_fit(epoch, now, train_time + 2.0, val_s, cfg.val_every, deadline, epoch + 1) == epoch:
                 fits = epoch
             fits = D.broadcast_object(fits, ctx)
             if fits != cfg.epochs:
                 note = f"time budget: {fits} epochs instead of {cfg.epochs} (epoch {epoch} took {train_time:.0f} s)"
                 reporter.log(note)
-                stopped = note if fits < cfg.epochs and (not early or fits == epoch) else stopped
+                if fits < planned and (not early or fits == epoch):
+                    stopped = f"time budget: {fits} epochs instead of the {planned} planned " \
+                              f"(epoch {epoch} took {train_time:.0f} s)"
+                elif fits >= planned:
+                    stopped = None
+                if early:
+                    planned = fits
                 cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": fits})
                 total = cfg.epochs * spe
                 if ctx.is_main:
@@ -818,16 +831,17 @@ def _epoch_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing) -
 
 
 def _measured_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing,
-                   measured: list[tuple[int, float]]) -> Callable[[int, int], float]:
-    """Seconds to train epoch e of n from now on: the start-up probe's estimates scaled by the median
-    ratio of measured to estimated time over ``measured`` ((epoch, seconds) of the last epochs); the
-    median measured time when there was no probe (as after ``--resume``). A median, so that one slow
-    epoch does not shorten the schedule for good."""
+                   measured: list[tuple[int, float]], pick: Callable = statistics.median
+                   ) -> Callable[[int, int], float]:
+    """Seconds to train epoch e of n from now on: the start-up probe's estimates scaled by the ratio
+    of measured to estimated time over ``measured`` ((epoch, seconds) of the last epochs), the median
+    one (so that one slow epoch does not shorten the schedule for good) or as ``pick`` says; the
+    measured time itself when there was no probe (as after ``--resume``)."""
     if not costs:
-        seconds = statistics.median(t for _, t in measured) + 2.0
+        seconds = pick(t for _, t in measured) + 2.0
         return lambda e, n: seconds
     est = _epoch_cost(costs, cfg, pre)
-    scale = statistics.median((t + 2.0) / est(e, cfg.epochs) for e, t in measured)
+    scale = pick((t + 2.0) / est(e, cfg.epochs) for e, t in measured)
     return lambda e, n: scale * est(e, n)
 
 
