@@ -12,7 +12,10 @@
   89.38% top-1 (88.14% single view) after 33 epochs in 56.3 minutes (the plain reference recipe:
   87.5% in 62 minutes). Progressive resizing from 20 px (``--resize-from 20 --resize-until 0.6``)
   fitted 41 epochs but reached only 88.94%; alternating flips (``--flip alternate``, 36 epochs on a
-  slower machine) 89.20%, and without dropout (31 epochs) 88.66%: neither is in the preset.
+  slower machine) 89.20%, and without dropout (31 epochs) 88.66%: neither is in the preset. On a
+  slower day (365-475 img/s), a 59-minute budget with validation every 8th epoch fitted 28 epochs and
+  reached 89.22%; the same 28 epochs with ``--zero-init-residual --no-decay-depthwise`` led by 0.7-1.0
+  points up to epoch 16 but ended at 88.42%, so those stay out too.
   ``benchmarks/cifar10_recipe.py`` reproduces it.
 """
 from __future__ import annotations
