@@ -212,6 +212,25 @@ def test_time_budget_lengthens_the_schedule_again_when_the_machine_speeds_up(tmp
     assert any("9 epochs instead of 7" in line for line in cap.lines)
 
 
+def test_a_resumed_run_may_grow_back_to_the_epochs_limit(tmp_path, monkeypatch):
+    import mobilenets.train.engine as engine
+    real = engine.epochs_that_fit
+    holds = {"epochs": 5}  # what the budget holds in all, from epoch 3 on
+
+    def budget(done, *args, **kw):
+        n = real(done, *args, **kw)
+        return n if done < 3 else min(n, holds["epochs"])
+
+    monkeypatch.setattr(engine, "epochs_that_fit", budget)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(tmp_path, epochs=40, time_budget_min=30), reporter=Interrupt(after=3))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["epochs"] == 5 and saved["resolved"]["epochs_limit"] == 40
+    holds["epochs"] = 8  # the machine sped up while the run was down
+    resumed = fit(resume=tmp_path / "run", reporter=Reporter(enabled=False))
+    assert resumed.last["epoch"] == resumed.last["epochs"] == 8
+
+
 def test_time_budget_grows_only_if_the_slowest_recent_pace_fits():
     from mobilenets.data.transforms import Preprocessing
     from mobilenets.train.engine import _measured_cost

@@ -626,6 +626,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         history, best, best_epoch = list(state["history"]), float(state["best"]), int(state["best_epoch"])
         elapsed_before = float(state["elapsed_s"])
+        saved = json.loads((run_dir / "config.json").read_text()).get("resolved", {})
+        epochs_limit = int(saved.get("epochs_limit", cfg.epochs))  # the budget may grow the plan up to it
         set_rng_state(state["rng"])
         if ctx.is_main:
             write_metrics(run_dir, history)  # a kill may have landed between the state and the metrics
@@ -646,6 +648,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                          f"estimated epoch: {per_size}, validation {val_s:.0f} s)")
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
     record = {"preprocessing": pre.to_dict(), "class_names": splits.class_names, "data": splits.info, "bf16": bf16,
+              "epochs_limit": epochs_limit,
               "fast_depthwise_layers": fast_dw, "keep_memory": kept, "world_size": ctx.world_size,
               "threads": torch.get_num_threads(), "model_config": model.config.to_dict()}
     if resume is None and ctx.is_main:
