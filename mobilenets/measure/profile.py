@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models.layers import ConvNormAct
+from ..models.layers import ConvNormAct, is_depthwise
 from ..models.network import MobileNet
 
 
@@ -129,6 +129,6 @@ def _op_params(name: str, m: nn.Module, modules: dict[str, nn.Module]) -> int:
 
 def _op_type(m: nn.Module) -> str:
     if isinstance(m, nn.Conv2d):
-        kind = "dwconv" if m.groups > 1 and m.groups == m.in_channels else "conv"
+        kind = "dwconv" if is_depthwise(m) else "conv"
         return f"{kind} {m.kernel_size[0]}x{m.kernel_size[1]}/{m.stride[0]}"
     return {nn.Linear: "linear", nn.AdaptiveAvgPool2d: "avgpool"}[type(m)]

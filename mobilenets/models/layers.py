@@ -65,6 +65,11 @@ def conv2d(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
     return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
 
 
+def is_depthwise(m: nn.Module) -> bool:
+    """A depthwise convolution: one group per input channel."""
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
 class ConvNormAct(nn.Sequential):
     """conv -> BatchNorm -> activation (``act=None``: linear, as in a projection)."""
 

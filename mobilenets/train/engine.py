@@ -26,6 +26,7 @@ from torch import nn
 from ..data.datasets import DataSplits, ImageTensors, LazyImageFolder, collate_skip, load_data
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
+from ..models.layers import is_depthwise
 from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
 from . import fastdw
@@ -193,8 +194,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool,
                  no_decay_depthwise: bool = False) -> list[dict]:
     """Parameters with and without weight decay: BN weights and biases (1-d), and optionally the
     depthwise filters, go without."""
-    exempt = {id(m.weight) for m in model.modules()
-              if no_decay_depthwise and isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels}
+    exempt = {id(m.weight) for m in model.modules() if is_depthwise(m)} if no_decay_depthwise else set()
     if not weight_decay or not (no_decay_bn_bias or exempt):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     decay, no_decay = [], []
@@ -726,11 +726,10 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                 fits = epoch
             fits = D.broadcast_object(fits, ctx)
             if fits != cfg.epochs:
-                note = f"time budget: {fits} epochs instead of {cfg.epochs} (epoch {epoch} took {train_time:.0f} s)"
-                reporter.log(note)
+                why = f"(epoch {epoch} took {train_time:.0f} s)"
+                reporter.log(f"time budget: {fits} epochs instead of {cfg.epochs} {why}")
                 if fits < planned and (not early or fits == epoch):
-                    stopped = f"time budget: {fits} epochs instead of the {planned} planned " \
-                              f"(epoch {epoch} took {train_time:.0f} s)"
+                    stopped = f"time budget: {fits} epochs instead of the {planned} planned {why}"
                 elif fits >= planned:
                     stopped = None
                 if early:
