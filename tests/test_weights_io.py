@@ -9,7 +9,7 @@ from mobilenets import UsageError, create_model
 from mobilenets.data.labels import class_names_for, drop_background, imagenet_classes
 from mobilenets.data.transforms import cifar
 from mobilenets.weights import find_source, load_checkpoint, load_strict, read_weights, save_checkpoint, sources_for
-from mobilenets.weights.io import suggest_variant
+from mobilenets.weights.io import atomic_path, suggest_variant
 
 
 def _tiny(**kw):
@@ -57,6 +57,19 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
         save_checkpoint(path, _tiny(num_classes=5))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_atomic_path_renames_on_success_and_cleans_up_when_the_writer_fails(tmp_path):
+    target = tmp_path / "sub" / "plot.png"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".png"  # writers pick the format by suffix
+        tmp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError, match="writer crashed"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer crashed")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["plot.png"]
 
 
 def test_foreign_pth_loads_weights_only_and_refuses_code(tmp_path):

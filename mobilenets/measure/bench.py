@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UsageError
 from ..models import create_model, get_variant
-from ..weights.io import atomic_write
+from ..weights.io import atomic_path, atomic_write
 from . import latency
 
 # What each backend can run. bf16 only where the CPU has native bf16 (checked at run time).
@@ -185,22 +185,17 @@ def _peer_session(module: torch.nn.Module, key: str, backend: str, precision: st
         path = export_cache() / key / f"peer-tflite-b{batch}" / "model.tflite"
         if not path.is_file():
             import litert_torch
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp-{os.getpid()}.tflite")
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its progress log
+            with atomic_path(path) as tmp, warnings.catch_warnings(), \
+                    contextlib.redirect_stdout(io.StringIO()):  # its progress log
                 warnings.simplefilter("ignore")
                 litert_torch.convert(module, (example,)).export(str(tmp))
-            os.replace(tmp, path)
         return open_session(path, backend, threads=threads, precision="fp32")
     path = export_cache() / key / f"peer-onnx-b{batch}" / "model.onnx"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}.onnx")
-        with torch.no_grad(), warnings.catch_warnings():
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example, tmp, opset_version=17, dynamo=False, input_names=["input"],
                               output_names=["logits"])
-        os.replace(tmp, path)
     return open_session(path, backend, threads=threads, precision="fp32")
 
 

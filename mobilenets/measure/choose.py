@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models import VARIANTS
-from ..weights.io import atomic_write
+from ..weights.io import atomic_path, atomic_write
 from . import bench as benchmod
 from . import latency
 
@@ -244,13 +244,10 @@ def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budge
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> Path:

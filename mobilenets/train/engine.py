@@ -27,7 +27,7 @@ from ..data.datasets import DataSplits, ImageTensors, LazyImageFolder, collate_s
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
 from ..models.layers import is_depthwise
-from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwrap
+from ..weights.io import CheckpointMeta, atomic_path, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
 from . import fastdw
 from .allocator import keep_freed_memory
@@ -539,10 +539,9 @@ def plot_curves(run_dir: Path, history: list[dict]) -> None:
     b.set_ylabel("accuracy %")
     b.legend()
     fig.tight_layout()
-    tmp = run_dir / "curves.tmp.png"
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(run_dir / "curves.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    tmp.replace(run_dir / "curves.png")
 
 
 # --------------------------------------------------------------------------------------------- fit
