@@ -51,7 +51,7 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
                                                     "ema_decay", "pad_crop", "flip", "cutout", "bf16",
                                                     "channels_last", "time_budget_min", "val_every") if k in config}
            | {k: config.get(k, False) for k in ("fast_depthwise", "keep_memory", "tta", "dropout",
-                                                "no_decay_depthwise", "zero_init_residual")},
+                                                "no_decay_depthwise", "zero_init_residual", "bf16_pointwise")},
            "world_size": config["resolved"]["world_size"], "threads": config["resolved"]["threads"],
            "data": config["resolved"]["data"], "epochs_done": len(history),
            "best_val_top1": best["val_top1"], "best_epoch": best["epoch"], "last_val_top1": history[-1]["val_top1"],

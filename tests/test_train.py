@@ -333,6 +333,27 @@ def test_zero_init_residual_and_no_decay_depthwise_in_a_run(tmp_path):
     assert saved["zero_init_residual"] is True and saved["no_decay_depthwise"] is True
 
 
+def test_bf16_pointwise_in_a_run_is_recorded_and_skipped_without_bf16(tmp_path, monkeypatch):
+    import mobilenets.train.engine as engine
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    fit(tiny(tmp_path, "on", epochs=1, bf16=False, bf16_pointwise=True), reporter=Reporter(enabled=False))
+    saved = json.loads((tmp_path / "on" / "config.json").read_text())
+    assert saved["bf16_pointwise"] is True and saved["resolved"]["bf16_pointwise_layers"] > 0
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    logs = []
+    reporter = Reporter(enabled=False)
+    reporter.log = logs.append
+    fit(tiny(tmp_path, "off", epochs=1, bf16=False, bf16_pointwise=True), reporter=reporter)
+    saved = json.loads((tmp_path / "off" / "config.json").read_text())
+    assert saved["resolved"]["bf16_pointwise_layers"] == 0
+    assert any("1x1 convolutions stay fp32" in line for line in logs)
+    args = ["train", "mobilenet_v3_small", "--data", "synthetic:64", "--width", "0.25", "--resolution", "16",
+            "--cifar-stem", "--batch-size", "32", "--epochs", "1", "--threads", "1", "-o", str(tmp_path / "cli")]
+    result = CliRunner().invoke(app, [*args, "--bf16-pointwise"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["bf16_pointwise"] is True
+
+
 def test_schedules():
     base = resolve_config("baseline", epochs=4)
     lrs = [lr_at(s, 40, 10, base) for s in range(40)]

@@ -29,7 +29,7 @@ from ..errors import UsageError
 from ..models.layers import is_depthwise
 from ..weights.io import CheckpointMeta, atomic_path, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
-from . import fastdw
+from . import fastdw, mixed
 from .allocator import keep_freed_memory
 from .augment import AugmentConfig, augment, mirror, normalize
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
@@ -77,6 +77,7 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
     fast_depthwise: bool = True          # CPU: depthwise weight gradients by a compiled loop (train/fastdw.py)
+    bf16_pointwise: bool = False         # bf16 in the 1x1 convolutions only, where supported (train/mixed.py)
     keep_memory: bool = True             # CPU: malloc keeps freed memory, no page faults per step (train/allocator.py)
     tta: str = "none"                    # validation views: none | mirror | mirror-shift (see TTA_SHIFTS)
     val_every: int = 1                   # validate epoch 1, every N-th epoch and the last
@@ -160,12 +161,14 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.bf16 == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return device.type == "cpu" and cpu_has_bf16()
-    return bool(cfg.bf16)
+    return bf16_supported(device) if cfg.bf16 == "auto" else bool(cfg.bf16)
 
 
 def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -606,6 +609,9 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     model = model.to(memory_format=fmt)
     bf16 = use_bf16(cfg, ctx.device)
     fast_dw = fastdw.enable(model) if cfg.fast_depthwise and ctx.device.type == "cpu" and not bf16 else 0
+    bf16_pw = mixed.enable(model) if cfg.bf16_pointwise and not bf16 and bf16_supported(ctx.device) else 0
+    if cfg.bf16_pointwise and not bf16 and not bf16_pw:
+        reporter.log(f"note: no bf16 on this {ctx.device.type}: the 1x1 convolutions stay fp32")
     optimizer = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     aug = AugmentConfig(cfg.pad_crop, cfg.flip == "random", cfg.cutout, cfg.policy)
@@ -647,8 +653,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                          f"estimated epoch: {per_size}, validation {val_s:.0f} s)")
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
     record = {"preprocessing": pre.to_dict(), "class_names": splits.class_names, "data": splits.info, "bf16": bf16,
-              "epochs_limit": epochs_limit,
-              "fast_depthwise_layers": fast_dw, "keep_memory": kept, "world_size": ctx.world_size,
+              "epochs_limit": epochs_limit, "fast_depthwise_layers": fast_dw, "bf16_pointwise_layers": bf16_pw,
+              "keep_memory": kept, "world_size": ctx.world_size,
               "threads": torch.get_num_threads(), "model_config": model.config.to_dict()}
     if resume is None and ctx.is_main:
         _write_config(run_dir, cfg, record)
@@ -664,9 +670,10 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     planned = cfg.epochs  # the epochs after the early re-fits; a run with fewer was cut short
     measured: list[tuple[int, float]] = []  # (epoch, training seconds) of the last epochs, for the budget
     skipped: dict[str, str] = {}
+    precision = "bf16" if bf16 else f"bf16 in {bf16_pw} 1x1 convs" if bf16_pw else "fp32"
     reporter.log(f"training {cfg.model} on {splits.info.get('data')}: {len(splits.train)} train / "
                  f"{len(splits.val)} val images, {len(splits.class_names)} classes, {cfg.epochs} epochs of {spe} "
-                 f"steps, recipe {cfg.recipe}, bf16 {'on' if bf16 else 'off'}, "
+                 f"steps, recipe {cfg.recipe}, {precision}, "
                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {torch.get_num_threads()} threads, "
                  f"{fast_dw} fast depthwise layers, {'freed memory kept, ' if kept else ''}"
                  f"{ctx.world_size} process(es) -> {run_dir}")
