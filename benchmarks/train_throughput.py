@@ -17,6 +17,8 @@ layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEG
   batch of 128 as the one-process rows).
 - ``ceiling``: forward + backward + SGD step on one fixed batch (no data at all), fp32 and bf16,
   channels-last: what the cores can do with PyTorch's kernels.
+- ``+ bf16 1x1 convs``: bf16 in the pointwise convolutions only (``mobilenets.train.mixed``,
+  ``mobilenets train --bf16-pointwise``), where the CPU has bf16.
 - ``+ freed memory kept``: malloc keeps freed memory (``mobilenets.train.allocator``, on by default
   in ``mobilenets train``), so the activation buffers of each step do not fault in anew. It is
   process-wide and cannot be undone, so these rows run last (or in their own processes).
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 import mobilenets
 from mobilenets.data.datasets import decode_files, scan_folder
 from mobilenets.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar
-from mobilenets.train import fastdw
+from mobilenets.train import fastdw, mixed
 from mobilenets.train.allocator import keep_freed_memory
 from mobilenets.train.augment import AugmentConfig, augment, normalize
 from mobilenets.train.engine import cpu_has_bf16
@@ -49,11 +51,13 @@ from mobilenets.train.engine import cpu_has_bf16
 RESULTS = Path(__file__).parent / "results"
 
 
-def model(channels_last: bool, fast_dw: bool = False):
+def model(channels_last: bool, fast_dw: bool = False, pw_bf16: bool = False):
     m = mobilenets.create_model("mobilenet_v3_small", num_classes=10, resolution=32, cifar_stem=True).train()
     m = m.to(memory_format=torch.channels_last) if channels_last else m
     if fast_dw:
         fastdw.enable(m)
+    if pw_bf16:
+        mixed.enable(m)
     return m
 
 
@@ -102,27 +106,28 @@ def our_batches(data, channels_last: bool, seed: int = 0, batch: int = 128):
             yield normalize(augment(x, aug, pre, g), pre, channels_last), y
 
 
-def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = False) -> float:
-    return timed(make_step(model(channels_last, fast_dw), bf16), our_batches(data, channels_last), steps)
+def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = False, pw_bf16: bool = False) -> float:
+    return timed(make_step(model(channels_last, fast_dw, pw_bf16), bf16), our_batches(data, channels_last), steps)
 
 
-def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, keep: bool, out) -> None:
+def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, keep: bool, pw_bf16: bool,
+                out) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
     if keep:
         keep_freed_memory()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        net = torch.nn.parallel.DistributedDataParallel(model(True, True))
+        net = torch.nn.parallel.DistributedDataParallel(model(True, True, pw_bf16))
         dist.barrier()
         out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank, batch=batch), steps)
     finally:
         dist.destroy_process_group()
 
 
-def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = False) -> float:
+def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = False, pw_bf16: bool = False) -> float:
     """Images/s summed over ``procs`` single-thread DDP processes of ``batch`` images each (``keep``:
-    malloc keeps freed memory in them)."""
+    malloc keeps freed memory in them; ``pw_bf16``: bf16 in the 1x1 convolutions)."""
     import socket
 
     import torch.multiprocessing as mp
@@ -130,14 +135,14 @@ def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = Fa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, keep, out), nprocs=procs)
+    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, keep, pw_bf16, out), nprocs=procs)
     return sum(out.values())
 
 
-def ceiling(steps: int, bf16: bool, fast_dw: bool = False) -> float:
+def ceiling(steps: int, bf16: bool, fast_dw: bool = False, pw_bf16: bool = False) -> float:
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
-    return timed(make_step(model(True, fast_dw), bf16), iter(lambda: (x, y), None), steps)
+    return timed(make_step(model(True, fast_dw, pw_bf16), bf16), iter(lambda: (x, y), None), steps)
 
 
 def main() -> None:
@@ -163,13 +168,19 @@ def main() -> None:
     rows["ours fp32 NCHW"] = our_loop(data, args.steps, False, False)
     rows["ours channels-last"] = our_loop(data, args.steps, True, False)
     rows["ours channels-last + fast depthwise"] = our_loop(data, args.steps, True, False, True)
+    bf16 = cpu_has_bf16()
+    if bf16:
+        rows["ours channels-last + fast depthwise + bf16 1x1 convs"] = our_loop(data, args.steps, True, False, True,
+                                                                                 True)
     if args.threads == 2:
         rows["ours 2 processes x 1 thread + fast depthwise"] = ddp_loop(data, args.steps)
         # the same global batch of 128 as the other rows, split over the two processes
         rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise"] = ddp_loop(data, 2 * args.steps, batch=64)
         rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise + freed memory kept"] = ddp_loop(
             data, 2 * args.steps, batch=64, keep=True)
-    bf16 = cpu_has_bf16()
+        if bf16:
+            rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise + freed memory kept + bf16 1x1 convs"] \
+                = ddp_loop(data, 2 * args.steps, batch=64, keep=True, pw_bf16=True)
     if bf16:
         rows["ours channels-last + bf16"] = our_loop(data, args.steps, True, True)
     rows["ceiling fp32 channels-last (no data)"] = ceiling(args.steps, False)
@@ -180,13 +191,17 @@ def main() -> None:
         rows["ours channels-last + fast depthwise + freed memory kept"] = our_loop(data, args.steps, True, False, True)
         rows["ceiling fp32 channels-last + fast depthwise + freed memory kept (no data)"] = ceiling(
             args.steps, False, True)
+        if bf16:
+            rows["ceiling channels-last + fast depthwise + freed memory kept + bf16 1x1 convs (no data)"] = ceiling(
+                args.steps, False, True, True)
     base = rows["seed (ImageFolder + PIL, NCHW fp32)"]
     per_epoch = 50_000
     print(f"decoded {len(data)} images once in {decode_s:.1f}s "
           f"({decode_s / len(data) * 1e3:.2f} ms/image; amortised over an epoch of {per_epoch} images)")
-    print(f"{'loop':80s} {'img/s':>8s} {'x seed':>7s}")
+    w = max(map(len, rows))
+    print(f"{'loop':{w}s} {'img/s':>8s} {'x seed':>7s}")
     for k, v in rows.items():
-        print(f"{k:80s} {v:8.0f} {v / base:7.2f}")
+        print(f"{k:{w}s} {v:8.0f} {v / base:7.2f}")
     best = max(v for k, v in rows.items() if k.startswith("ours"))
     epoch_s = per_epoch / best + decode_s * per_epoch / len(data)
     out = {"model": "mobilenet_v3_small 1.0, seed CIFAR stem (cifar_stem=3), 32x32, batch 128",
