@@ -18,8 +18,9 @@
   points up to epoch 16 but ended at 88.42%, so those stay out too. With the two-way budget re-fit
   (400-450 img/s) the 59-minute budget fitted 30 epochs and reached 88.84%: between runs of this
   recipe the result moves by about 0.5 points. With ``--bf16-pointwise`` the same budget fitted 36
-  epochs (489 img/s) and reached 89.14% at epoch 32, 88.96% at the end (88.34% single view). MobileNetV3-Large with a stride-16 stem
-  (``--stem-layers 1``, as fast per image) learnt far slower: 42.9% after 3 epochs against 73.2%.
+  epochs (489 img/s) and reached 89.14% at epoch 32, 88.96% at the end (88.34% single view).
+  MobileNetV3-Large with a stride-16 stem (``--stem-layers 1``, as fast per image) learnt far
+  slower: 42.9% after 3 epochs against 73.2%.
   ``benchmarks/cifar10_recipe.py`` reproduces it.
 """
 from __future__ import annotations
