@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,22 @@ def conv2d(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
 def is_depthwise(m: nn.Module) -> bool:
     """A depthwise convolution: one group per input channel."""
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+def swap_class(model: nn.Module, eligible: Callable[[nn.Module], bool], cls: type[nn.Module]) -> int:
+    """Give every ``eligible`` module of ``model`` the class ``cls`` (a subclass that changes only
+    what ``forward`` does: same parameters, same state dict); returns how many."""
+    found = [m for m in model.modules() if eligible(m)]
+    for m in found:
+        m.__class__ = cls
+    return len(found)
+
+
+def unswap_class(model: nn.Module, cls: type[nn.Module]) -> None:
+    """Undo ``swap_class``: modules of class ``cls`` get its base class back."""
+    for m in model.modules():
+        if type(m) is cls:
+            m.__class__ = cls.__bases__[0]
 
 
 class ConvNormAct(nn.Sequential):

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layers import swap_class, unswap_class
+
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps training working without it
@@ -126,18 +128,9 @@ def eligible(m: nn.Module) -> bool:
 
 def enable(model: nn.Module) -> int:
     """Switch the model's eligible depthwise convs to the fast path; returns how many (0 without numba)."""
-    if numba is None:
-        return 0
-    count = 0
-    for m in model.modules():
-        if eligible(m):
-            m.__class__ = FastDepthwiseConv2d
-            count += 1
-    return count
+    return 0 if numba is None else swap_class(model, eligible, FastDepthwiseConv2d)
 
 
 def disable(model: nn.Module) -> None:
     """Undo ``enable`` (plain ``nn.Conv2d`` again)."""
-    for m in model.modules():
-        if type(m) is FastDepthwiseConv2d:
-            m.__class__ = nn.Conv2d
+    unswap_class(model, FastDepthwiseConv2d)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.layers import swap_class, unswap_class
+
 
 class Bf16PointwiseConv2d(nn.Conv2d):
     """A 1x1 ``nn.Conv2d`` that computes in bfloat16 (fp32 in and out) in a training forward."""
@@ -32,16 +34,9 @@ def eligible(m: nn.Module) -> bool:
 
 def enable(model: nn.Module) -> int:
     """Switch the model's 1x1 convolutions to bf16 training forwards; returns how many."""
-    count = 0
-    for m in model.modules():
-        if eligible(m):
-            m.__class__ = Bf16PointwiseConv2d
-            count += 1
-    return count
+    return swap_class(model, eligible, Bf16PointwiseConv2d)
 
 
 def disable(model: nn.Module) -> None:
     """Undo ``enable`` (plain ``nn.Conv2d`` again)."""
-    for m in model.modules():
-        if type(m) is Bf16PointwiseConv2d:
-            m.__class__ = nn.Conv2d
+    unswap_class(model, Bf16PointwiseConv2d)
