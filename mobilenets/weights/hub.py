@@ -12,12 +12,12 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..errors import UsageError
+from .io import atomic_path
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30
@@ -82,33 +82,25 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, md
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UsageError(f"could not download {url} ({_one_line(reason)}); {by_hand}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with response, os.fdopen(fd, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            hashers = _hashers(sha256, md5)
-            with _progress_bar(dest.name, total, progress) as advance:
-                while True:
-                    try:
-                        chunk = response.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise UsageError(f"download of {url} broke off ({_one_line(exc)}); "
-                                         f"try again or {by_hand}") from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    for h in hashers.values():
-                        h.update(chunk)
-                    advance(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_path(dest, suffix=".part") as tmp, response, open(tmp, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        hashers = _hashers(sha256, md5)
+        with _progress_bar(dest.name, total, progress) as advance:
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise UsageError(f"download of {url} broke off ({_one_line(exc)}); "
+                                     f"try again or {by_hand}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                for h in hashers.values():
+                    h.update(chunk)
+                advance(len(chunk))
         mismatch = _compare(hashers, sha256, md5)
         if mismatch:
             raise UsageError(f"{url}: {mismatch}; the download was deleted")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -112,13 +112,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary file name beside ``path`` (same suffix) for writers that take a name
-    (``savefig``, ``torch.onnx.export``, LiteRT's ``export``): fsynced and renamed onto ``path``
-    when the block ends, removed if it raises."""
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """A temporary file name beside ``path`` (``path``'s suffix unless ``suffix`` is given) for
+    writers that take a name (``savefig``, ``torch.onnx.export``, LiteRT's ``export``, a download):
+    fsynced and renamed onto ``path`` when the block ends, removed if it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix if suffix is None else suffix,
+                                dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
