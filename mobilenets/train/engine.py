@@ -27,7 +27,7 @@ from ..data.datasets import DataSplits, ImageTensors, LazyImageFolder, collate_s
 from ..data.transforms import Preprocessing
 from ..errors import UsageError
 from ..models.layers import is_depthwise
-from ..weights.io import CheckpointMeta, atomic_path, load_checkpoint, save_checkpoint, unwrap
+from ..weights.io import CheckpointMeta, atomic_path, atomic_write, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
 from . import fastdw, mixed
 from .allocator import keep_freed_memory
@@ -609,9 +609,12 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     model = model.to(memory_format=fmt)
     bf16 = use_bf16(cfg, ctx.device)
     fast_dw = fastdw.enable(model) if cfg.fast_depthwise and ctx.device.type == "cpu" and not bf16 else 0
-    bf16_pw = mixed.enable(model) if cfg.bf16_pointwise and not bf16 and bf16_supported(ctx.device) else 0
-    if cfg.bf16_pointwise and not bf16 and not bf16_pw:
-        reporter.log(f"note: no bf16 on this {ctx.device.type}: the 1x1 convolutions stay fp32")
+    bf16_pw = 0  # with whole-model autocast (bf16) the 1x1 convolutions are bf16 already
+    if cfg.bf16_pointwise and not bf16:
+        if bf16_supported(ctx.device):
+            bf16_pw = mixed.enable(model)
+        else:
+            reporter.log(f"note: no bf16 on this {ctx.device.type}: the 1x1 convolutions stay fp32")
     optimizer = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     aug = AugmentConfig(cfg.pad_crop, cfg.flip == "random", cfg.cutout, cfg.policy)
@@ -854,7 +857,6 @@ def _measured_cost(costs: dict[int, float], cfg: TrainConfig, pre: Preprocessing
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, resolved: dict) -> None:
-    from ..weights.io import atomic_write
     atomic_write(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=1).encode())
 
 
