@@ -130,7 +130,13 @@ def test_batched_augmentation_is_seeded_and_shaped():
     crop = pad_crop(x, 2, torch.Generator().manual_seed(0))
     assert crop.shape == x.shape and set(crop.unique().tolist()) <= {0, 7}
     holes = cutout(x, 4, torch.Generator().manual_seed(0))
-    assert (holes == 0).sum() > 0
+    assert (holes == 0).sum() > 0 and set(holes.unique().tolist()) == {0, 7}
+    grey = cutout(x, 4, torch.Generator().manual_seed(0), fill=(1, 2, 3))
+    assert torch.equal(grey == 7, holes == 7) and set(grey[:, 2].unique().tolist()) == {3, 7}
+    # in a training batch the square is the mean colour, so zero once normalised
+    one = AugmentConfig(pad_crop=0, flip=False, cutout=64)  # covers the whole image
+    erased = normalize(augment(data.images[:2], one, pre, torch.Generator().manual_seed(0)), pre)
+    assert erased.abs().max() < 0.02
 
 
 def _flip_states(batch, originals) -> dict[int, bool]:

@@ -43,8 +43,9 @@ def flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return mirror(x, torch.rand(x.shape[0], generator=g) < 0.5)
 
 
-def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """Erase one ``size`` x ``size`` square per image (centre uniform, clipped at borders)."""
+def cutout(x: torch.Tensor, size: int, g: torch.Generator, fill: tuple[float, ...] = (0.0,)) -> torch.Tensor:
+    """Erase one ``size`` x ``size`` square per image (centre uniform, clipped at borders) to ``fill``
+    (per channel, in the pixel scale of ``x``)."""
     b, _, h, w = x.shape
     cy = torch.randint(0, h, (b,), generator=g).to(x.device)
     cx = torch.randint(0, w, (b,), generator=g).to(x.device)
@@ -52,7 +53,8 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     iny = (ys[None] >= (cy - size // 2)[:, None]) & (ys[None] < (cy - size // 2 + size)[:, None])
     inx = (xs[None] >= (cx - size // 2)[:, None]) & (xs[None] < (cx - size // 2 + size)[:, None])
     hole = (iny[:, :, None] & inx[:, None, :])[:, None]
-    return x.masked_fill(hole, 0)
+    value = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return torch.where(hole, value, x)
 
 
 def _policy(x: torch.Tensor, name: str, g: torch.Generator) -> torch.Tensor:
@@ -74,7 +76,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, pre: Preprocessing, g: torch.Ge
     if cfg.flip:
         x = flip(x, g)
     if cfg.cutout:
-        x = cutout(x, cfg.cutout, g)
+        # the mean colour: zero after normalisation, as the Cutout paper erases normalised images
+        x = cutout(x, cfg.cutout, g, fill=tuple(round(255 * m) for m in pre.mean))
     return x
 
 
