@@ -79,3 +79,17 @@ def test_batch_split_across_threads_gives_the_same_gradient():
             torch.testing.assert_close(fastdw.weight_grad(x, go, 5, 2, 2), ref, rtol=1e-4, atol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_weight_gradient_is_a_custom_op_that_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    go = torch.randn(3, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.mobilenets.depthwise_weight_grad.default, (x, go, 3, 2, 1))
+    ref = nn.Conv2d(6, 6, 3, 2, padding=1, groups=6, bias=False)
+    fast = copy.deepcopy(ref)
+    fastdw.enable(fast)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break fails
+    for conv in (ref, compiled):
+        (conv(x) * go).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)

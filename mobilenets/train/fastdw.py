@@ -57,11 +57,13 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
 
+@torch.library.custom_op("mobilenets::depthwise_weight_grad", mutates_args=(), device_types="cpu")
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
     """The (C, 1, k, k) weight gradient of a depthwise conv, from NCHW-shaped float32 CPU tensors.
 
     With ``torch.get_num_threads()`` > 1 the batch is split across that many threads (the loop
-    releases the GIL), each with its own accumulator.
+    releases the GIL), each with its own accumulator. A custom op, so that ``torch.compile``
+    keeps it as one opaque call instead of breaking the graph on NumPy.
     """
     global _compiled, _pool, _pool_size
     if _compiled is None:
@@ -81,7 +83,12 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: in
                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
         for job in jobs:
             job.result()
-    return torch.from_numpy(out.sum(0)).permute(2, 0, 1).unsqueeze(1)  # a view; the caller picks the layout
+    return torch.from_numpy(out.sum(0)).permute(2, 0, 1).unsqueeze(1).contiguous()
+
+
+@weight_grad.register_fake
+def _(x, grad_out, kernel, stride, padding):
+    return x.new_empty((x.shape[1], 1, kernel, kernel))
 
 
 class _DepthwiseConvFn(torch.autograd.Function):
