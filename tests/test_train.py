@@ -354,6 +354,24 @@ def test_bf16_pointwise_in_a_run_is_recorded_and_skipped_without_bf16(tmp_path, 
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["bf16_pointwise"] is True
 
 
+def test_compile_wraps_the_training_model_only(tmp_path, monkeypatch):
+    import mobilenets.train.engine as engine
+    compiled, real_compile = [], torch.compile
+
+    def fake_compile(net):  # aot_eager: the same tracing, no C++ build (seconds instead of minutes)
+        compiled.append(net)
+        return real_compile(net, backend="aot_eager")
+    monkeypatch.setattr(engine.torch, "compile", fake_compile)
+    logs = []
+    reporter = Reporter(enabled=False)
+    reporter.log = logs.append
+    result = fit(tiny(tmp_path, epochs=1, compile=True), reporter=reporter)
+    assert len(compiled) == 1 and result.history[0]["val_top1"] is not None
+    assert any("compiled" in line for line in logs)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["compile"] is True
+    load_checkpoint(result.run_dir / "last.safetensors")  # strict: no "_orig_mod." prefixes
+
+
 def test_schedules():
     base = resolve_config("baseline", epochs=4)
     lrs = [lr_at(s, 40, 10, base) for s in range(40)]

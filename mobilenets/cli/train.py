@@ -121,6 +121,9 @@ def train_cmd(
                                                         "CPU/GPU has bf16)")] = None,
     fast_depthwise: Annotated[bool | None, typer.Option("--fast-depthwise/--no-fast-depthwise",
                                                         help="CPU: compiled depthwise weight gradients")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile",
+                                                 help="torch.compile the training step (the first step "
+                                                 "compiles, minutes on a CPU)")] = None,
     keep_memory: Annotated[bool | None, typer.Option("--keep-memory/--no-keep-memory",
                                                      help="CPU: malloc keeps freed memory (no page faults "
                                                      "per step; the process keeps its peak size)")] = None,
@@ -171,8 +174,8 @@ def train_cmd(
                 warmup_epochs=warmup_epochs, weight_decay=weight_decay, no_decay_depthwise=no_decay_depthwise,
                 zero_init_residual=zero_init_residual, label_smoothing=label_smoothing,
                 ema_decay=ema_decay, flip=flip, cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf,
-                bf16_pointwise=bf16_pointwise, fast_depthwise=fast_depthwise, keep_memory=keep_memory, tta=tta,
-                val_every=val_every,
+                bf16_pointwise=bf16_pointwise, fast_depthwise=fast_depthwise, compile=compile,
+                keep_memory=keep_memory, tta=tta, val_every=val_every,
                 resize_from=resize_from, resize_until=resize_until, resolution=resolution, preset=preset,
                 val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
                 workers=workers, threads=threads, device=device, output=str(output) if output else None)

@@ -78,6 +78,7 @@ class TrainConfig:
     bf16: bool | str = "auto"            # autocast to bfloat16 where the CPU/GPU supports it
     fast_depthwise: bool = True          # CPU: depthwise weight gradients by a compiled loop (train/fastdw.py)
     bf16_pointwise: bool = False         # bf16 in the 1x1 convolutions only, where supported (train/mixed.py)
+    compile: bool = False                # torch.compile the training step's model (fuses BN, activations, SE)
     keep_memory: bool = True             # CPU: malloc keeps freed memory, no page faults per step (train/allocator.py)
     tta: str = "none"                    # validation views: none | mirror | mirror-shift (see TTA_SHIFTS)
     val_every: int = 1                   # validate epoch 1, every N-th epoch and the last
@@ -663,10 +664,12 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         _write_config(run_dir, cfg, record)
     D.barrier(ctx)
 
-    net = model
+    # Compiled inside DDP, not around it: on 2 CPU processes that ran 1.11x faster (401 vs 363 img/s,
+    # V3-Small 1.25). The first step compiles (a minute or two on a CPU); eval and the EMA stay eager.
+    net = torch.compile(model) if cfg.compile else model
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     total = cfg.epochs * spe
     deadline = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     stopped = None
@@ -678,7 +681,8 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
                  f"{len(splits.val)} val images, {len(splits.class_names)} classes, {cfg.epochs} epochs of {spe} "
                  f"steps, recipe {cfg.recipe}, {precision}, "
                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {torch.get_num_threads()} threads, "
-                 f"{fast_dw} fast depthwise layers, {'freed memory kept, ' if kept else ''}"
+                 f"{fast_dw} fast depthwise layers, {'compiled, ' if cfg.compile else ''}"
+                 f"{'freed memory kept, ' if kept else ''}"
                  f"{ctx.world_size} process(es) -> {run_dir}")
     epoch = start_epoch - 1
     while epoch < cfg.epochs:  # not a range: a time budget may re-fit cfg.epochs after the first epochs
