@@ -19,6 +19,10 @@ layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEG
   channels-last: what the cores can do with PyTorch's kernels.
 - ``+ bf16 1x1 convs``: bf16 in the pointwise convolutions only (``mobilenets.train.mixed``,
   ``mobilenets train --bf16-pointwise``), where the CPU has bf16.
+- ``+ compiled``: ``torch.compile`` of the model (of the DDP module in the 2-process rows), as
+  ``mobilenets train --compile`` does: Inductor fuses BN, the activations and the SE and residual
+  arithmetic into C++ loops; the convolutions stay oneDNN's. The first step compiles (its seconds
+  are recorded as ``warmup_s``, outside the images/s).
 - ``+ freed memory kept``: malloc keeps freed memory (``mobilenets.train.allocator``, on by default
   in ``mobilenets train``), so the activation buffers of each step do not fault in anew. It is
   process-wide and cannot be undone, so these rows run last (or in their own processes).
@@ -51,6 +55,9 @@ from mobilenets.train.engine import cpu_has_bf16
 RESULTS = Path(__file__).parent / "results"
 
 
+WARMUP_S: dict[str, float] = {}  # seconds of the warm-up steps of the compiled rows (compilation)
+
+
 def model(channels_last: bool, fast_dw: bool = False, pw_bf16: bool = False):
     m = mobilenets.create_model("mobilenet_v3_small", num_classes=10, resolution=32, cifar_stem=True).train()
     m = m.to(memory_format=torch.channels_last) if channels_last else m
@@ -61,11 +68,15 @@ def model(channels_last: bool, fast_dw: bool = False, pw_bf16: bool = False):
     return m
 
 
-def timed(step_fn, batches, steps: int, warmup: int = 3) -> float:
-    """Images/s over ``steps`` steps after ``warmup``, data fetching included."""
+def timed(step_fn, batches, steps: int, warmup: int = 3, info: dict | None = None) -> float:
+    """Images/s over ``steps`` steps after ``warmup`` (their seconds go to ``info["warmup_s"]``),
+    data fetching included."""
     it = iter(batches)
+    t = time.perf_counter()
     for _ in range(warmup):
         step_fn(*next(it))
+    if info is not None:
+        info["warmup_s"] = time.perf_counter() - t
     n, t = 0, time.perf_counter()
     for _ in range(steps):
         x, y = next(it)
@@ -106,12 +117,20 @@ def our_batches(data, channels_last: bool, seed: int = 0, batch: int = 128):
             yield normalize(augment(x, aug, pre, g), pre, channels_last), y
 
 
-def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = False, pw_bf16: bool = False) -> float:
-    return timed(make_step(model(channels_last, fast_dw, pw_bf16), bf16), our_batches(data, channels_last), steps)
+def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = False, pw_bf16: bool = False,
+             compile: str | None = None) -> float:
+    """One process; ``compile``: the row's name, to torch.compile the model and record its warm-up."""
+    net = model(channels_last, fast_dw, pw_bf16)
+    if compile:
+        net, info = torch.compile(net), {}
+        out = timed(make_step(net, bf16), our_batches(data, channels_last), steps, info=info)
+        WARMUP_S[compile] = info["warmup_s"]
+        return out
+    return timed(make_step(net, bf16), our_batches(data, channels_last), steps)
 
 
 def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, keep: bool, pw_bf16: bool,
-                out) -> None:
+                compile: bool, out, warmup) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
     if keep:
@@ -119,23 +138,32 @@ def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         net = torch.nn.parallel.DistributedDataParallel(model(True, True, pw_bf16))
+        net = torch.compile(net) if compile else net
         dist.barrier()
-        out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank, batch=batch), steps)
+        info = {}
+        out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank, batch=batch), steps, info=info)
+        warmup[rank] = info["warmup_s"]
     finally:
         dist.destroy_process_group()
 
 
-def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = False, pw_bf16: bool = False) -> float:
+def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = False, pw_bf16: bool = False,
+             compile: str | None = None) -> float:
     """Images/s summed over ``procs`` single-thread DDP processes of ``batch`` images each (``keep``:
-    malloc keeps freed memory in them; ``pw_bf16``: bf16 in the 1x1 convolutions)."""
+    malloc keeps freed memory in them; ``pw_bf16``: bf16 in the 1x1 convolutions; ``compile``: the
+    row's name, to torch.compile the DDP module and record the warm-up)."""
     import socket
 
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, keep, pw_bf16, out), nprocs=procs)
+    manager = mp.Manager()
+    out, warmup = manager.dict(), manager.dict()
+    mp.spawn(_ddp_worker, args=(procs, port, data, steps, batch, keep, pw_bf16, bool(compile), out, warmup),
+             nprocs=procs)
+    if compile:
+        WARMUP_S[compile] = max(warmup.values())
     return sum(out.values())
 
 
@@ -168,6 +196,8 @@ def main() -> None:
     rows["ours fp32 NCHW"] = our_loop(data, args.steps, False, False)
     rows["ours channels-last"] = our_loop(data, args.steps, True, False)
     rows["ours channels-last + fast depthwise"] = our_loop(data, args.steps, True, False, True)
+    name = "ours channels-last + fast depthwise + compiled"
+    rows[name] = our_loop(data, args.steps, True, False, True, compile=name)
     bf16 = cpu_has_bf16()
     if bf16:
         rows["ours channels-last + fast depthwise + bf16 1x1 convs"] = our_loop(data, args.steps, True, False, True,
@@ -181,6 +211,11 @@ def main() -> None:
         if bf16:
             rows["ours 2 processes x 1 thread, batch 64 each + fast depthwise + freed memory kept + bf16 1x1 convs"] \
                 = ddp_loop(data, 2 * args.steps, batch=64, keep=True, pw_bf16=True)
+        name = "ours 2 processes x 1 thread, batch 64 each + fast depthwise + freed memory kept + compiled"
+        rows[name] = ddp_loop(data, 2 * args.steps, batch=64, keep=True, compile=name)
+        if bf16:
+            name = name.replace("kept +", "kept + bf16 1x1 convs +")
+            rows[name] = ddp_loop(data, 2 * args.steps, batch=64, keep=True, pw_bf16=True, compile=name)
     if bf16:
         rows["ours channels-last + bf16"] = our_loop(data, args.steps, True, True)
     rows["ceiling fp32 channels-last (no data)"] = ceiling(args.steps, False)
@@ -202,6 +237,8 @@ def main() -> None:
     print(f"{'loop':{w}s} {'img/s':>8s} {'x seed':>7s}")
     for k, v in rows.items():
         print(f"{k:{w}s} {v:8.0f} {v / base:7.2f}")
+    for k, v in WARMUP_S.items():
+        print(f"warm-up (compilation) of {k!r}: {v:.0f} s")
     best = max(v for k, v in rows.items() if k.startswith("ours"))
     epoch_s = per_epoch / best + decode_s * per_epoch / len(data)
     out = {"model": "mobilenet_v3_small 1.0, seed CIFAR stem (cifar_stem=3), 32x32, batch 128",
@@ -209,6 +246,7 @@ def main() -> None:
            "load_avg_1min_at_end": os.getloadavg()[0], "torch": torch.__version__, "cpu_bf16": bf16,
            "machine": platform.processor() or platform.machine(), "decode_s": decode_s, "decoded": len(data),
            "images_per_s": rows, "ratio_vs_seed": {k: v / base for k, v in rows.items()},
+           "warmup_s_of_compiled_rows": WARMUP_S,
            "best_ours_incl_decode_amortised_over_one_epoch": per_epoch / epoch_s,
            "best_over_fp32_ceiling": best / rows["ceiling fp32 channels-last (no data)"],
            "flop_ceiling_note": "the issue's ~6x is the fp32 FLOP peak of two cores; the 'ceiling' rows are "
