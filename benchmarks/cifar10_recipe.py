@@ -3,11 +3,14 @@
 Runs ``mobilenets train --recipe cifar10_60min`` (two single-thread processes under torchrun by
 default: on 2 shared cores they held up better than one process with two threads), then
 summarises the run directory: model, recipe, epochs, wall time, best and last validation top-1
-and the per-epoch curve. ``--collect RUN_DIR`` only summarises a finished (or running) run.
+and the per-epoch curve. ``--collect RUN_DIR`` only summarises a finished (or running) run;
+``--table`` writes ``results/cifar10_runs.md``, one line per results file of this script (every
+60-minute run we kept), from the JSON files alone.
 
 Usage:
   python benchmarks/cifar10_recipe.py --data /work/cifar10 --output /work/runs/cifar10_60min
   python benchmarks/cifar10_recipe.py --collect /work/runs/cifar10_60min
+  python benchmarks/cifar10_recipe.py --table
 Prints a summary and writes benchmarks/results/cifar10_recipe.json and its _curves.png
 (``--name`` to keep the figures of a variant beside them).
 """
@@ -51,7 +54,8 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
                                                     "ema_decay", "pad_crop", "flip", "cutout", "bf16",
                                                     "channels_last", "time_budget_min", "val_every") if k in config}
            | {k: config.get(k, False) for k in ("fast_depthwise", "keep_memory", "tta", "dropout",
-                                                "no_decay_depthwise", "zero_init_residual", "bf16_pointwise")},
+                                                "no_decay_depthwise", "zero_init_residual", "bf16_pointwise",
+                                                "compile", "resize_from")},
            "world_size": config["resolved"]["world_size"], "threads": config["resolved"]["threads"],
            "data": config["resolved"]["data"], "epochs_done": len(history),
            "best_val_top1": best["val_top1"], "best_epoch": best["epoch"], "last_val_top1": history[-1]["val_top1"],
@@ -69,6 +73,27 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
     return out
 
 
+def table() -> str:
+    """A markdown table of every ``cifar10_recipe*.json`` in ``results/``, best first."""
+    runs = []
+    for path in RESULTS.glob("cifar10_recipe*.json"):
+        r = json.loads(path.read_text())
+        c = r["recipe_config"]
+        shown = {"flip": lambda v: v not in (True, "random"),  # True: "random", in runs of earlier versions
+                 "dropout": lambda v: v is not None}
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in c.items()
+                 if shown.get(k, bool)(v) and k in ("cutout", "bf16_pointwise", "compile", "flip", "dropout",
+                                                    "no_decay_depthwise", "zero_init_residual", "resize_from")]
+        runs.append((r["best_val_top1"], path.stem, r, " ".join(flags)))
+    lines = ["| results file | run | width | flags beyond the preset | epochs | minutes | img/s | best top-1 "
+             "(6 views) | single view |", "|---|---|---|---|---|---|---|---|---|"]
+    for best, stem, r, flags in sorted(runs, key=lambda t: -t[0]):
+        lines.append(f"| {stem} | {Path(r['run_dir']).name} | {r['width']} | {flags or '-'} | {r['epochs_done']} | "
+                     f"{r['wall_time_min']:.1f} | {r['mean_images_per_s']:.0f} | {best:.2f} | "
+                     f"{r.get('best_val_top1_single_view', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/cifar10", help="folder with train/<class>/*.jpg (no val/)")
@@ -78,7 +103,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--collect", type=Path, help="only summarise this run directory")
     ap.add_argument("--name", default="cifar10_recipe", help="results file name (without .json)")
+    ap.add_argument("--table", action="store_true", help="only write results/cifar10_runs.md from the results")
     args = ap.parse_args()
+    if args.table:
+        text = table()
+        (RESULTS / "cifar10_runs.md").write_text("# 60-minute CIFAR-10 runs (45k/5k split, 2 CPU cores)\n\n"
+                                                 "Written by `python benchmarks/cifar10_recipe.py --table`.\n\n"
+                                                 + text)
+        print(text)
+        return
     if args.collect is None:
         launch(args)
     out = collect(args.collect or args.output, args.name)
