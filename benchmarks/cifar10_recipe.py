@@ -73,17 +73,19 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
     return out
 
 
+# The options the runs varied, and when a value differs from the preset's (default: when truthy).
+VARIED = {"cutout": bool, "bf16_pointwise": bool, "compile": bool, "no_decay_depthwise": bool,
+          "zero_init_residual": bool, "resize_from": bool, "dropout": lambda v: v is not None,
+          "flip": lambda v: v not in (True, "random")}  # True: "random", in runs of earlier versions
+
+
 def table() -> str:
     """A markdown table of every ``cifar10_recipe*.json`` in ``results/``, best first."""
     runs = []
     for path in RESULTS.glob("cifar10_recipe*.json"):
         r = json.loads(path.read_text())
-        c = r["recipe_config"]
-        shown = {"flip": lambda v: v not in (True, "random"),  # True: "random", in runs of earlier versions
-                 "dropout": lambda v: v is not None}
-        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in c.items()
-                 if shown.get(k, bool)(v) and k in ("cutout", "bf16_pointwise", "compile", "flip", "dropout",
-                                                    "no_decay_depthwise", "zero_init_residual", "resize_from")]
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                 for k, v in r["recipe_config"].items() if k in VARIED and VARIED[k](v)]
         runs.append((r["best_val_top1"], path.stem, r, " ".join(flags)))
     lines = ["| results file | run | width | flags beyond the preset | epochs | minutes | img/s | best top-1 "
              "(6 views) | single view |", "|---|---|---|---|---|---|---|---|---|"]

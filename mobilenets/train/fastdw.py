@@ -83,7 +83,7 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: in
                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
         for job in jobs:
             job.result()
-    return torch.from_numpy(out.sum(0)).permute(2, 0, 1).unsqueeze(1).contiguous()
+    return torch.from_numpy(out.sum(0)).permute(2, 0, 1).unsqueeze(1).contiguous()  # the fake's strides
 
 
 @weight_grad.register_fake
