@@ -19,7 +19,7 @@ layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEG
   channels-last: what the cores can do with PyTorch's kernels.
 - ``+ bf16 1x1 convs``: bf16 in the pointwise convolutions only (``mobilenets.train.mixed``,
   ``mobilenets train --bf16-pointwise``), where the CPU has bf16.
-- ``+ compiled``: ``torch.compile`` of the model (of the DDP module in the 2-process rows), as
+- ``+ compiled``: ``torch.compile`` of the model (inside DDP in the 2-process rows), as
   ``mobilenets train --compile`` does: Inductor fuses BN, the activations and the SE and residual
   arithmetic into C++ loops; the convolutions stay oneDNN's. The first step compiles (its seconds
   are recorded as ``warmup_s``, outside the images/s).
@@ -120,13 +120,12 @@ def our_batches(data, channels_last: bool, seed: int = 0, batch: int = 128):
 def our_loop(data, steps: int, channels_last: bool, bf16: bool, fast_dw: bool = False, pw_bf16: bool = False,
              compile: str | None = None) -> float:
     """One process; ``compile``: the row's name, to torch.compile the model and record its warm-up."""
-    net = model(channels_last, fast_dw, pw_bf16)
+    net, info = model(channels_last, fast_dw, pw_bf16), {}
+    net = torch.compile(net) if compile else net
+    out = timed(make_step(net, bf16), our_batches(data, channels_last), steps, info=info)
     if compile:
-        net, info = torch.compile(net), {}
-        out = timed(make_step(net, bf16), our_batches(data, channels_last), steps, info=info)
         WARMUP_S[compile] = info["warmup_s"]
-        return out
-    return timed(make_step(net, bf16), our_batches(data, channels_last), steps)
+    return out
 
 
 def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, keep: bool, pw_bf16: bool,
@@ -137,8 +136,8 @@ def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, 
         keep_freed_memory()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        net = torch.nn.parallel.DistributedDataParallel(model(True, True, pw_bf16))
-        net = torch.compile(net) if compile else net
+        net = model(True, True, pw_bf16)
+        net = torch.nn.parallel.DistributedDataParallel(torch.compile(net) if compile else net)
         dist.barrier()
         info = {}
         out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank, batch=batch), steps, info=info)
@@ -151,7 +150,7 @@ def ddp_loop(data, steps: int, procs: int = 2, batch: int = 128, keep: bool = Fa
              compile: str | None = None) -> float:
     """Images/s summed over ``procs`` single-thread DDP processes of ``batch`` images each (``keep``:
     malloc keeps freed memory in them; ``pw_bf16``: bf16 in the 1x1 convolutions; ``compile``: the
-    row's name, to torch.compile the DDP module and record the warm-up)."""
+    row's name, to torch.compile the model inside DDP and record the warm-up)."""
     import socket
 
     import torch.multiprocessing as mp
