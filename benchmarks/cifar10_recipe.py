@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from mobilenets.train.recipes import RECIPES
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -76,7 +78,8 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
 # The options the runs varied, and when a value differs from the preset's (default: when truthy).
 VARIED = {"cutout": bool, "bf16_pointwise": bool, "compile": bool, "no_decay_depthwise": bool,
           "zero_init_residual": bool, "resize_from": bool, "dropout": lambda v: v is not None,
-          "flip": lambda v: v not in (True, "random")}  # True: "random", in runs of earlier versions
+          "flip": lambda v: v not in (True, "random"),  # True: "random", in runs of earlier versions
+          "weight_decay": lambda v: v != RECIPES["cifar10_60min"]["weight_decay"]}
 
 
 def table() -> str:
