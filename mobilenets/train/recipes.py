@@ -11,14 +11,14 @@
   with 6-view TTA (mirror x 1 px shifts). On 5,000 held-out CIFAR-10 training images its first
   run reached 89.38% top-1 (88.14% single view) after 33 epochs in 56.3 minutes (the plain
   reference recipe: 87.5% in 62 minutes); its other runs ended at 88.84-89.22%. No variant tried
-  lifted the result clearly above that spread: progressive resizing, alternating flips, no dropout,
-  zero-init residuals, cutout, weight decay 1e-3 (88.90%), bf16 1x1 convolutions, ``--compile``
-  (41 epochs: 89.42%), widths 1.25 (89.42% and 89.16% in two runs) and 1.5 (89.28%).
-  ``benchmarks/results/cifar10_runs.md`` lists every run with its flags, epochs, minutes and accuracy. MobileNetV3-Large with a stride-16
-  stem (``--stem-layers 1``, as fast per image) learnt far slower: 42.9% after 3 epochs against
-  73.2%; so did V3-Small with its resolution moved to the end (stem stride 2, the last stage at
-  8x8 instead of 4x4; 0.7x the images/s): 80.4% against 83.8% in 14-minute pilots.
-  ``benchmarks/cifar10_recipe.py`` reproduces it.
+  lifted the result clearly above that spread: progressive resizing, alternating flips, no
+  dropout, zero-init residuals, cutout, weight decay 1e-3 (88.90%), bf16 1x1 convolutions,
+  ``--compile`` (41 epochs: 89.42%), widths 1.25 (89.42% and 89.16% in two runs) and 1.5 (89.28%).
+  ``benchmarks/results/cifar10_runs.md`` lists every run with its flags, epochs, minutes and
+  accuracy. MobileNetV3-Large with a stride-16 stem (``--stem-layers 1``, as fast per image)
+  learnt far slower: 42.9% after 3 epochs against 73.2%; so did V3-Small with its resolution moved
+  to the end (stem stride 2, the last stage at 8x8 instead of 4x4; 0.7x the images/s): 80.4%
+  against 83.8% in 14-minute pilots. ``benchmarks/cifar10_recipe.py`` reproduces it.
 """
 from __future__ import annotations
 
