@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from mobilenets.train.engine import TrainConfig
 from mobilenets.train.recipes import RECIPES
 
 RESULTS = Path(__file__).parent / "results"
@@ -75,11 +76,16 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
     return out
 
 
-# The options the runs varied, and when a value differs from the preset's (default: when truthy).
-VARIED = {"cutout": bool, "bf16_pointwise": bool, "compile": bool, "no_decay_depthwise": bool,
-          "zero_init_residual": bool, "resize_from": bool, "dropout": lambda v: v is not None,
-          "flip": lambda v: v not in (True, "random"),  # True: "random", in runs of earlier versions
-          "weight_decay": lambda v: v != RECIPES["cifar10_60min"]["weight_decay"]}
+# The options the runs varied; a flag is shown where a run's value differs from the preset's.
+VARIED = ("cutout", "bf16_pointwise", "compile", "no_decay_depthwise", "zero_init_residual", "resize_from", "dropout",
+          "flip", "weight_decay")
+PRESET = TrainConfig.from_dict({**TrainConfig().to_dict(), **RECIPES["cifar10_60min"]})
+
+
+def _differs(key: str, value) -> bool:
+    if key == "flip" and value is True:  # "random", in runs of earlier versions
+        value = "random"
+    return value != getattr(PRESET, key)
 
 
 def table() -> str:
@@ -88,7 +94,7 @@ def table() -> str:
     for path in RESULTS.glob("cifar10_recipe*.json"):
         r = json.loads(path.read_text())
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                 for k, v in r["recipe_config"].items() if k in VARIED and VARIED[k](v)]
+                 for k, v in r["recipe_config"].items() if k in VARIED and _differs(k, v)]
         runs.append((r["best_val_top1"], path.stem, r, " ".join(flags)))
     lines = ["| results file | run | width | flags beyond the preset | epochs | minutes | img/s | best top-1 "
              "(6 views) | single view |", "|---|---|---|---|---|---|---|---|---|"]
