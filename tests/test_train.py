@@ -354,6 +354,13 @@ def test_bf16_pointwise_in_a_run_is_recorded_and_skipped_without_bf16(tmp_path, 
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["bf16_pointwise"] is True
 
 
+def test_compile_without_a_cxx_compiler_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(UsageError, match="needs a C.. compiler.*--no-compile"):
+        fit(tiny(tmp_path, epochs=1, compile=True), reporter=Reporter(enabled=False))
+    assert not (tmp_path / "run").exists()  # refused before any data or run directory
+
+
 def test_compile_wraps_the_training_model_only(tmp_path, monkeypatch):
     import mobilenets.train.engine as engine
     compiled, real_compile = [], torch.compile

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -593,9 +595,18 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
         D.teardown(ctx)
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would build CPU kernels with (``$CXX``, else g++ or clang++)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
 def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float) -> RunResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.compile and ctx.device.type == "cpu" and not cxx_compiler():
+        raise UsageError("--compile on a CPU needs a C++ compiler (Inductor builds its kernels with one): "
+                         "install g++ or set CXX, or pass --no-compile")
     kept = cfg.keep_memory and ctx.device.type == "cpu" and keep_freed_memory()
     torch.manual_seed(cfg.seed)
     run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
