@@ -79,6 +79,7 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
 # The options the runs varied; a flag is shown where a run's value differs from the preset's.
 VARIED = ("cutout", "bf16_pointwise", "compile", "no_decay_depthwise", "zero_init_residual", "resize_from", "dropout",
           "flip", "weight_decay")
+NEGATED = {"bf16_pointwise": "--fp32-pointwise"}  # where the CLI's off switch is not --no-KEY
 PRESET = TrainConfig.from_dict({**TrainConfig().to_dict(), **RECIPES["cifar10_60min"]})
 
 
@@ -88,18 +89,25 @@ def _differs(key: str, value) -> bool:
     return value != getattr(PRESET, key)
 
 
+def _flag(key: str, value) -> str:
+    """The command-line flag that sets ``key`` to ``value`` (``--compile``, ``--no-compile``, ``--cutout 8``)."""
+    if value is False:
+        return NEGATED.get(key, f"--no-{key.replace('_', '-')}")
+    return f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}")
+
+
 def table() -> str:
     """A markdown table of every ``cifar10_recipe*.json`` in ``results/``, best first."""
     runs = []
     for path in RESULTS.glob("cifar10_recipe*.json"):
         r = json.loads(path.read_text())
-        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                 for k, v in r["recipe_config"].items() if k in VARIED and _differs(k, v)]
+        flags = [_flag(k, v) for k, v in r["recipe_config"].items() if k in VARIED and _differs(k, v)]
         runs.append((r["best_val_top1"], path.stem, r, " ".join(flags)))
-    lines = ["| results file | run | width | flags beyond the preset | epochs | minutes | img/s | best top-1 "
-             "(6 views) | single view |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| results file | run | model | width | flags beyond the preset | epochs | minutes | img/s | best top-1 "
+             "(6 views) | single view |", "|---|---|---|---|---|---|---|---|---|---|"]
     for best, stem, r, flags in sorted(runs, key=lambda t: -t[0]):
-        lines.append(f"| {stem} | {Path(r['run_dir']).name} | {r['width']} | {flags or '-'} | {r['epochs_done']} | "
+        lines.append(f"| {stem} | {Path(r['run_dir']).name} | {r['model']} | {r['width']} | {flags or '-'} | "
+                     f"{r['epochs_done']} | "
                      f"{r['wall_time_min']:.1f} | {r['mean_images_per_s']:.0f} | {best:.2f} | "
                      f"{r.get('best_val_top1_single_view', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
