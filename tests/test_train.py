@@ -369,6 +369,7 @@ def test_compile_wraps_the_training_model_only(tmp_path, monkeypatch):
         compiled.append(net)
         return real_compile(net, backend="aot_eager")
     monkeypatch.setattr(engine.torch, "compile", fake_compile)
+    monkeypatch.setattr(engine, "cxx_compiler", lambda: "c++")  # aot_eager builds nothing: no compiler needed
     logs = []
     reporter = Reporter(enabled=False)
     reporter.log = logs.append
