@@ -355,7 +355,8 @@ def test_bf16_pointwise_in_a_run_is_recorded_and_skipped_without_bf16(tmp_path, 
 
 
 def test_compile_without_a_cxx_compiler_is_a_usage_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    from torch._inductor import config as inductor_config  # $CXX is read into it at import time
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
     with pytest.raises(UsageError, match="needs a C.. compiler.*--no-compile"):
         fit(tiny(tmp_path, epochs=1, compile=True), reporter=Reporter(enabled=False))
     assert not (tmp_path / "run").exists()  # refused before any data or run directory

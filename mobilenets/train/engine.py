@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -596,9 +594,14 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
 
 
 def cxx_compiler() -> str | None:
-    """The C++ compiler ``torch.compile`` would build CPU kernels with (``$CXX``, else g++ or clang++)."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
-    return next((path for path in map(shutil.which, names) if path), None)
+    """The C++ compiler ``torch.compile`` would build CPU kernels with, found by Inductor's own search
+    (``torch._inductor.config.cpp.cxx``: ``$CXX`` or g++), or None."""
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    try:
+        return get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return None
 
 
 def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float) -> RunResult:
