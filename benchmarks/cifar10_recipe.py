@@ -54,8 +54,8 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
            "width": config["width"], "cifar_stem": config["cifar_stem"], "recipe": config["recipe"],
            "recipe_config": {k: config[k] for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                                                     "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
-                                                    "ema_decay", "pad_crop", "flip", "cutout", "bf16",
-                                                    "channels_last", "time_budget_min", "val_every") if k in config}
+                                                    "ema_decay", "pad_crop", "flip", "cutout", "bf16", "channels_last",
+                                                    "time_budget_min", "val_every", "seed") if k in config}
            | {k: config.get(k, False) for k in ("fast_depthwise", "keep_memory", "tta", "dropout",
                                                 "no_decay_depthwise", "zero_init_residual", "bf16_pointwise",
                                                 "compile", "resize_from")},
@@ -76,9 +76,10 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
     return out
 
 
-# The options the runs varied; a flag is shown where a run's value differs from the preset's.
+# The options the runs varied; a flag is shown where a run's value differs from the preset's. A
+# --seed changes the initialisation, the batches and which 5,000 images are held out.
 VARIED = ("cutout", "bf16_pointwise", "compile", "no_decay_depthwise", "zero_init_residual", "resize_from", "dropout",
-          "flip", "weight_decay")
+          "flip", "weight_decay", "seed")
 NEGATED = {"bf16_pointwise": "--fp32-pointwise"}  # where the CLI's off switch is not --no-KEY
 PRESET = TrainConfig.from_dict({**TrainConfig().to_dict(), **RECIPES["cifar10_60min"]})
 
