@@ -19,10 +19,11 @@ layers, ~61M MACs per 32x32 image), batch 128, on a CIFAR-10 ImageFolder of JPEG
   channels-last: what the cores can do with PyTorch's kernels.
 - ``+ bf16 1x1 convs``: bf16 in the pointwise convolutions only (``mobilenets.train.mixed``,
   ``mobilenets train --bf16-pointwise``), where the CPU has bf16.
-- ``+ compiled``: ``torch.compile`` of the model (inside DDP in the 2-process rows), as
-  ``mobilenets train --compile`` does: Inductor fuses BN, the activations and the SE and residual
-  arithmetic into C++ loops; the convolutions stay oneDNN's. The first step compiles (its seconds
-  are recorded as ``warmup_s``, outside the images/s).
+- ``+ compiled``: ``torch.compile`` of the model (inside DDP in the 2-process rows, its graph not
+  split at DDP's buckets: ``mobilenets.train.distributed.wrap``), as ``mobilenets train --compile``
+  does: Inductor fuses BN, the activations and the SE and residual arithmetic into C++ loops; the
+  convolutions stay oneDNN's. The first step compiles (its seconds are recorded as ``warmup_s``,
+  outside the images/s).
 - ``+ freed memory kept``: malloc keeps freed memory (``mobilenets.train.allocator``, on by default
   in ``mobilenets train``), so the activation buffers of each step do not fault in anew. It is
   process-wide and cannot be undone, so these rows run last (or in their own processes).
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 import mobilenets
 from mobilenets.data.datasets import decode_files, scan_folder
 from mobilenets.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar
+from mobilenets.train import distributed as D
 from mobilenets.train import fastdw, mixed
 from mobilenets.train.allocator import keep_freed_memory
 from mobilenets.train.augment import AugmentConfig, augment, normalize
@@ -136,8 +138,7 @@ def _ddp_worker(rank: int, world: int, port: int, data, steps: int, batch: int, 
         keep_freed_memory()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        net = model(True, True, pw_bf16)
-        net = torch.nn.parallel.DistributedDataParallel(torch.compile(net) if compile else net)
+        net = D.wrap(model(True, True, pw_bf16), D.Context(rank, world), compile)  # as mobilenets train does
         dist.barrier()
         info = {}
         out[rank] = timed(make_step(net, False), our_batches(data, True, seed=rank, batch=batch), steps, info=info)

@@ -59,6 +59,26 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
+def wrap(model: torch.nn.Module, ctx: Context, compile: bool = False) -> torch.nn.Module:
+    """The module to train: ``model``, ``torch.compile``d if asked, inside DistributedDataParallel
+    when distributed (compiled inside DDP, not around it: that ran 1.11x faster on 2 CPU processes,
+    401 against 363 images/s, V3-Small 1.25).
+
+    On CPU, Dynamo's ``optimize_ddp`` is turned off: the compiled graph is no longer split at DDP's
+    gradient buckets, so Inductor fuses across them, and gloo between processes on one machine loses
+    little by not overlapping the all-reduce with the backward pass. 2 x 1-thread processes,
+    V3-Small with the seed's stem, batch 64 each: 204 images/s against 195 with the split graph
+    and 177-183 eager, in one run.
+    """
+    if compile and ctx.distributed and ctx.device.type == "cpu":
+        torch._dynamo.config.optimize_ddp = False  # process-wide; this process only trains
+    net = torch.compile(model) if compile else model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return net
+
+
 def all_reduce_sum(values: list[float], ctx: Context) -> list[float]:
     """Sum a few numbers over ranks (metrics); identity on one process."""
     if not ctx.distributed:
