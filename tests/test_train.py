@@ -381,7 +381,6 @@ def test_compile_wraps_the_training_model_only(tmp_path, monkeypatch):
     load_checkpoint(result.run_dir / "last.safetensors")  # strict: no "_orig_mod." prefixes
 
 
-
 def test_wrap_compiles_inside_ddp_with_one_graph_on_cpu(monkeypatch):
     """Compiled inside DDP; on CPU, Dynamo's optimize_ddp (a graph split at each gradient bucket) is off."""
     from mobilenets.train import distributed as D
@@ -399,6 +398,7 @@ def test_wrap_compiles_inside_ddp_with_one_graph_on_cpu(monkeypatch):
     assert torch._dynamo.config.optimize_ddp is True
     assert D.wrap(model, D.Context(1, 2), compile=True) == ("ddp", ("compiled", model), None)
     assert torch._dynamo.config.optimize_ddp is False
+
 
 def test_schedules():
     base = resolve_config("baseline", epochs=4)
