@@ -384,20 +384,23 @@ def test_compile_wraps_the_training_model_only(tmp_path, monkeypatch):
 def test_wrap_compiles_inside_ddp_with_one_graph_on_cpu(monkeypatch):
     """Compiled inside DDP; on CPU, Dynamo's optimize_ddp (a graph split at each gradient bucket) is off."""
     from mobilenets.train import distributed as D
-    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", True)  # restored after the test
     monkeypatch.setattr(torch, "compile", lambda net: ("compiled", net))
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda net, device_ids: ("ddp", net, device_ids))
     model = torch.nn.Linear(2, 2)
-    assert D.wrap(model, D.Context(), compile=False) is model
-    assert D.wrap(model, D.Context(), compile=True) == ("compiled", model)
-    assert torch._dynamo.config.optimize_ddp is True  # one process: nothing to split
-    assert D.wrap(model, D.Context(0, 2, 0, torch.device("cuda", 0)), compile=True) == (
-        "ddp", ("compiled", model), [0])
-    assert torch._dynamo.config.optimize_ddp is True  # GPUs keep the all-reduce overlapped with backward
-    assert D.wrap(model, D.Context(1, 2), compile=False) == ("ddp", model, None)
-    assert torch._dynamo.config.optimize_ddp is True
-    assert D.wrap(model, D.Context(1, 2), compile=True) == ("ddp", ("compiled", model), None)
-    assert torch._dynamo.config.optimize_ddp is False
+    before = torch._dynamo.config.optimize_ddp
+    # config.patch restores it; monkeypatch's undo left the option hidden ("optimize_ddp does not exist")
+    with torch._dynamo.config.patch(optimize_ddp=True):
+        assert D.wrap(model, D.Context(), compile=False) is model
+        assert D.wrap(model, D.Context(), compile=True) == ("compiled", model)
+        assert torch._dynamo.config.optimize_ddp is True  # one process: nothing to split
+        assert D.wrap(model, D.Context(0, 2, 0, torch.device("cuda", 0)), compile=True) == (
+            "ddp", ("compiled", model), [0])
+        assert torch._dynamo.config.optimize_ddp is True  # GPUs keep the all-reduce overlapped with backward
+        assert D.wrap(model, D.Context(1, 2), compile=False) == ("ddp", model, None)
+        assert torch._dynamo.config.optimize_ddp is True
+        assert D.wrap(model, D.Context(1, 2), compile=True) == ("ddp", ("compiled", model), None)
+        assert torch._dynamo.config.optimize_ddp is False
+    assert torch._dynamo.config.optimize_ddp == before
 
 
 def test_schedules():
