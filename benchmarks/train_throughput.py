@@ -52,7 +52,7 @@ from mobilenets.train import distributed as D
 from mobilenets.train import fastdw, mixed
 from mobilenets.train.allocator import keep_freed_memory
 from mobilenets.train.augment import AugmentConfig, augment, normalize
-from mobilenets.train.engine import cpu_has_bf16
+from mobilenets.train.engine import cpu_has_bf16, resolve_config, train_step
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,16 +87,25 @@ def timed(step_fn, batches, steps: int, warmup: int = 3, info: dict | None = Non
     return n / (time.perf_counter() - t)
 
 
-def make_step(net, bf16: bool):
+def plain_step(net):
+    """The seed's step: forward, cross-entropy, backward, SGD."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
     def step(x, y):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = net(x)
-        loss = F.cross_entropy(out.float(), y)
+        loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return step
+
+
+def make_step(net, bf16: bool):
+    """The engine's step (``mobilenets.train.engine.train_step``), SGD."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    cfg = resolve_config(label_smoothing=0.0)
+
+    def step(x, y):
+        train_step(net, opt, x, y, cfg, bf16)
     return step
 
 
@@ -106,7 +115,7 @@ def seed_loop(root: Path, steps: int, workers: int) -> float:
                              transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
     ds = datasets.ImageFolder(str(root), transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers, drop_last=True)
-    return timed(make_step(model(False), False), loader, steps)
+    return timed(plain_step(model(False)), loader, steps)
 
 
 def our_batches(data, channels_last: bool, seed: int = 0, batch: int = 128):

@@ -3,6 +3,7 @@ fine-tuning, time budget, schedules, the CLI verbs and two-process DDP on CPU.
 
 Seconds-long runs on synthetic data at 16x16 with a thin model.
 """
+import copy
 import json
 import os
 import socket
@@ -403,6 +404,47 @@ def test_wrap_compiles_inside_ddp_with_one_graph_on_cpu(monkeypatch):
     assert torch._dynamo.config.optimize_ddp == before
 
 
+def _step_of(net, micro, ddp=False):
+    """Parameters after one SGD step of ``net`` on a fixed batch of 8, in micro-batches of ``micro``."""
+    from mobilenets.train.engine import train_step
+    net = copy.deepcopy(net)
+    model = torch.nn.parallel.DistributedDataParallel(net) if ddp else net
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 6, 6, generator=g), torch.randint(0, 4, (8,), generator=g)
+    logits, loss = train_step(model, opt, x, y, resolve_config(micro_batch=micro, label_smoothing=0.1), False)
+    assert logits.shape == (8, 4) and loss.ndim == 0
+    return loss.item(), [p.detach().clone() for p in net.parameters()]
+
+
+def test_micro_batches_sum_to_the_step_of_the_whole_batch():
+    """Without BatchNorm, parts of 2 or 4 images give the whole batch's loss and step (through DDP's
+    no_sync as well: one all-reduce, of the summed gradients)."""
+    import torch.distributed as dist
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(80, 4))
+    loss, whole = _step_of(net, 0)
+    assert any(not torch.equal(a, b) for a, b in zip(whole, net.parameters(), strict=True))  # it stepped
+    for micro in (2, 4):
+        part_loss, parts = _step_of(net, micro)
+        assert part_loss == pytest.approx(loss, rel=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, parts, strict=True))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        _, synced = _step_of(net, 2, ddp=True)
+    finally:
+        dist.destroy_process_group()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, synced, strict=True))
+    with pytest.raises(UsageError, match="micro-batch 5 does not divide the batch size 32"):
+        resolve_config(batch_size=32, micro_batch=5)
+
+
+def test_micro_batches_in_a_run(tmp_path):
+    result = fit(tiny(tmp_path, epochs=1, micro_batch=8), reporter=Reporter(enabled=False))
+    assert json.loads((result.run_dir / "config.json").read_text())["micro_batch"] == 8
+    assert result.last["val_top1"] is not None and np.isfinite(result.last["train_loss"])
+
+
 def test_schedules():
     base = resolve_config("baseline", epochs=4)
     lrs = [lr_at(s, 40, 10, base) for s in range(40)]
@@ -439,7 +481,8 @@ def test_cli_train_and_eval(tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output
     for bad, needle in ((["--data", f"folder:{tmp_path / 'none'}"], "no such directory"),
                         (["--data", "imagenet:x"], "--data must be"), (["--data", "synthetic", "--recipe", "x"],
-                                                                         "unknown recipe")):
+                                                                         "unknown recipe"),
+                        (["--data", "synthetic", "--micro-batch", "5"], "does not divide the batch size 128")):
         r = runner.invoke(app, ["train", "mobilenet_v3_small", *bad, "--output", str(tmp_path / "bad")])
         assert r.exit_code == 2 and needle in r.output, r.output
     r = runner.invoke(app, ["eval", "mobilenet_v3_small", "--weights", str(tmp_path / "no.safetensors"),

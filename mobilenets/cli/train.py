@@ -97,6 +97,8 @@ def train_cmd(
                                                 "weight source (the classifier is re-initialised if needed)")] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs (an upper limit with --time-budget-min)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per step and process")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="run each batch through the model in parts of this many "
+                                                    "images, gradients summed (BN per part; 0: whole)")] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd, rmsprop or adamw")] = None,
     schedule: Annotated[str | None, typer.Option(help="step, cosine, onecycle, linear or constant")] = None,
@@ -170,9 +172,10 @@ def train_cmd(
             stem = stem_layers if stem_layers is not None else (3 if cifar_stem else None)
             cfg = resolve_config(
                 recipe, model=model, data=data, width=width, dropout=dropout, cifar_stem=stem, weights=weights,
-                epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-                warmup_epochs=warmup_epochs, weight_decay=weight_decay, no_decay_depthwise=no_decay_depthwise,
-                zero_init_residual=zero_init_residual, label_smoothing=label_smoothing,
+                epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, optimizer=optimizer,
+                schedule=schedule, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                no_decay_depthwise=no_decay_depthwise, zero_init_residual=zero_init_residual,
+                label_smoothing=label_smoothing,
                 ema_decay=ema_decay, flip=flip, cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf,
                 bf16_pointwise=bf16_pointwise, fast_depthwise=fast_depthwise, compile=compile,
                 keep_memory=keep_memory, tta=tta, val_every=val_every,

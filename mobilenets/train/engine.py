@@ -9,6 +9,7 @@ the step, so no scheduler state is needed.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -54,6 +55,7 @@ class TrainConfig:
     weights: str | None = None           # fine-tune from this checkpoint (classifier re-initialised if needed)
     epochs: int = 30
     batch_size: int = 128
+    micro_batch: int = 0                 # >0: each batch goes through the model in parts of this many images
     optimizer: str = "sgd"               # sgd | rmsprop | adamw
     lr: float = 0.1
     momentum: float = 0.9
@@ -129,6 +131,9 @@ def _validate(cfg: TrainConfig) -> None:
     checks = [
         (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
+        (cfg.micro_batch >= 0, f"micro-batch must be >= 0 (0: whole batches), got {cfg.micro_batch}"),
+        (cfg.micro_batch == 0 or cfg.batch_size % cfg.micro_batch == 0,
+         f"micro-batch {cfg.micro_batch} does not divide the batch size {cfg.batch_size}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.optimizer in ("sgd", "rmsprop", "adamw"), f"optimizer must be sgd, rmsprop or adamw: {cfg.optimizer!r}"),
         (cfg.schedule in ("step", "cosine", "onecycle", "linear", "constant"),
@@ -334,19 +339,47 @@ def train_resolution(epoch: int, epochs: int, full: int, start: int, until: floa
     return min(full, start + int((full - start) * progress / until) // 4 * 4)
 
 
-def forward_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, aug: AugmentConfig, pre: Preprocessing,
-                 g: torch.Generator, cfg: TrainConfig, bf16: bool, device: torch.device, size: int | None = None):
-    """Augment and normalise a uint8 batch (downscaled to ``size`` px if given, antialiased), run the
-    model (bf16 autocast if on): (logits, loss)."""
+def train_inputs(x: torch.Tensor, aug: AugmentConfig, pre: Preprocessing, g: torch.Generator, cfg: TrainConfig,
+                 device: torch.device, size: int | None = None) -> torch.Tensor:
+    """Augment and normalise a uint8 batch (downscaled to ``size`` px if given, antialiased)."""
     xb = normalize(augment(x, aug, pre, g), pre, cfg.channels_last, device)
     if size and size != max(xb.shape[-2:]):
         scale = size / max(xb.shape[-2:])
         xb = F.interpolate(xb, size=(round(xb.shape[-2] * scale), round(xb.shape[-1] * scale)), mode="bilinear",
                            antialias=True, align_corners=False)
         xb = xb.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = net(xb)
-    return logits, F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    return xb
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, y: torch.Tensor,
+               cfg: TrainConfig, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch ``(xb, y)``: (logits, mean loss).
+
+    With ``cfg.micro_batch`` the batch goes through the model in parts of that many images whose
+    gradients add up before the step (DDP all-reduces once, after the last part): a large batch in
+    the memory of a small one. BatchNorm then normalises over each part, as it would with that many
+    images per GPU. It is no faster on a CPU: 2 x 1-thread DDP processes, V3-Small with the seed's
+    stem, batch 64 each, compiled: 216, 203 and 217 images/s in parts of 64, 32 and 16 (one sitting).
+    A loss that is not finite returns at once, without a step.
+    """
+    n = len(y)
+    part = cfg.micro_batch if 0 < cfg.micro_batch < n else n
+    optimizer.zero_grad(set_to_none=True)
+    logits_parts, total = [], 0.0
+    for start in range(0, n, part):
+        xs, ys = xb[start:start + part], y[start:start + part]
+        defer = start + part < n and isinstance(net, nn.parallel.DistributedDataParallel)
+        with net.no_sync() if defer else contextlib.nullcontext():
+            with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(xs)
+            loss = F.cross_entropy(logits.float(), ys, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                return logits, loss
+            (loss * (len(ys) / n) if part < n else loss).backward()
+        logits_parts.append(logits.detach())
+        total = total + loss.detach() * len(ys)
+    optimizer.step()
+    return torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0], total / n
 
 
 def steps_per_epoch(n: int, cfg: TrainConfig, ctx: D.Context) -> int:
@@ -712,13 +745,11 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
             for group in optimizer.param_groups:
                 group["lr"] = lr
             y = y.to(ctx.device, non_blocking=True)
-            logits, loss = forward_loss(net, x, y, aug, pre, g, cfg, bf16, ctx.device, size)
+            logits, loss = train_step(net, optimizer, train_inputs(x, aug, pre, g, cfg, ctx.device, size), y, cfg,
+                                      bf16)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped; "
                                        f"the last good checkpoint in {run_dir} is kept (lower --lr?)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             step += 1
             if ema is not None:
                 ema.update(model, step)
@@ -891,10 +922,7 @@ def _budget_probe(cfg: TrainConfig, model: nn.Module, splits: DataSplits, pre: P
                 if i >= 12:
                     break
                 ts = time.perf_counter()
-                _, loss = forward_loss(probe, x, y.to(ctx.device), aug, pre, g, cfg, bf16, ctx.device, size)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(probe, opt, train_inputs(x, aug, pre, g, cfg, ctx.device, size), y.to(ctx.device), cfg, bf16)
                 times.append(time.perf_counter() - ts)
             step_s = sorted(times[2:] or times)[len(times[2:] or times) // 2]
             ema_s = 0.03 * step_s if cfg.ema_decay else 0.0
