@@ -375,11 +375,12 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tenso
             loss = F.cross_entropy(logits.float(), ys, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 return logits, loss
-            (loss * (len(ys) / n) if part < n else loss).backward()
+            share = loss * (len(ys) / n)  # the whole batch's loss when there is one part
+            share.backward()
         logits_parts.append(logits.detach())
-        total = total + loss.detach() * len(ys)
+        total = total + share.detach()
     optimizer.step()
-    return torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0], total / n
+    return torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0], total
 
 
 def steps_per_epoch(n: int, cfg: TrainConfig, ctx: D.Context) -> int:
