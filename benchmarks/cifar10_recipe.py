@@ -79,7 +79,8 @@ def collect(run: Path, name: str = "cifar10_recipe") -> dict:
 # The options the runs varied; a flag is shown where a run's value differs from the preset's. A
 # --seed changes the initialisation, the batches and which 5,000 images are held out.
 VARIED = ("cutout", "bf16_pointwise", "compile", "no_decay_depthwise", "zero_init_residual", "resize_from", "dropout",
-          "flip", "weight_decay", "label_smoothing", "lr", "ema_decay", "warmup_epochs", "seed")
+          "flip", "weight_decay", "label_smoothing", "lr", "ema_decay", "warmup_epochs", "seed",
+          "schedule")
 NEGATED = {"bf16_pointwise": "--fp32-pointwise"}  # where the CLI's off switch is not --no-KEY
 PRESET = TrainConfig.from_dict({**TrainConfig().to_dict(), **RECIPES["cifar10_60min"]})
 
