@@ -490,6 +490,17 @@ def test_cli_train_and_eval(tmp_path):
     assert r.exit_code == 2 and "no such checkpoint" in r.output
 
 
+def test_resume_of_a_damaged_or_missing_run_config_is_a_one_line_error(tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for text in ('{"model": "mobilenet_v3_sm', "[1, 2]", '{"epochs": "two", "batch_size": []}'):
+        (damaged / "config.json").write_text(text)
+        r = runner.invoke(app, ["train", "--resume", str(damaged)])
+        assert r.exit_code == 2 and "is not a readable run config" in r.output, r.output
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "is not a run directory" in r.output, r.output
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

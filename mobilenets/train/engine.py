@@ -601,6 +601,20 @@ class RunResult:
         return d
 
 
+def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict]:
+    """A run directory's ``config.json``: its config and what was resolved at the start (``resolved``)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        d = json.loads(path.read_text())
+        cfg = TrainConfig.from_dict(d)
+        _validate(cfg)
+        return cfg, dict(d.get("resolved", {}))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path} is not a readable run config: {' '.join(str(exc).split())[:200]}") from None
+
+
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, reporter: Reporter | None = None,
         **overrides) -> RunResult:
     """Train ``cfg`` (or ``resolve_config(**overrides)``), validating and checkpointing every epoch.
@@ -609,11 +623,9 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
     continues after the last finished epoch.
     """
     t0 = time.perf_counter()
+    saved: dict = {}
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.json").is_file():
-            raise UsageError(f"{run_dir} is not a run directory (no config.json)")
-        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        cfg, saved = read_run_config(resume)
     elif cfg is None:
         cfg = resolve_config(**overrides)
     ctx = D.setup(cfg.device)
@@ -621,7 +633,7 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
     if not ctx.is_main:
         reporter = Reporter(enabled=False)
     try:
-        return _fit(cfg, ctx, reporter, resume, t0)
+        return _fit(cfg, ctx, reporter, resume, t0, saved)
     finally:
         reporter.close()
         D.teardown(ctx)
@@ -638,7 +650,8 @@ def cxx_compiler() -> str | None:
         return None
 
 
-def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float) -> RunResult:
+def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float,
+         saved: dict) -> RunResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.compile and ctx.device.type == "cpu" and not cxx_compiler():
@@ -683,7 +696,6 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         history, best, best_epoch = list(state["history"]), float(state["best"]), int(state["best_epoch"])
         elapsed_before = float(state["elapsed_s"])
-        saved = json.loads((run_dir / "config.json").read_text()).get("resolved", {})
         epochs_limit = int(saved.get("epochs_limit", cfg.epochs))  # the budget may grow the plan up to it
         set_rng_state(state["rng"])
         if ctx.is_main:
