@@ -46,7 +46,7 @@ def stock_openvino(tv: torch.nn.Module, out_fp32: Path, out_int8: Path, calib: n
 
 
 def main() -> None:
-    from mobilenets.data.transforms import imagenet
+    from mobilenets.core.preprocessing import imagenet
     from mobilenets.deploy.calibration import load_images
     from mobilenets.deploy.export import export
     from mobilenets.deploy.runtimes import available_backends, interleaved_times, open_session

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 
 import mobilenets
+from mobilenets.core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, cifar
 from mobilenets.data.datasets import decode_files, scan_folder
-from mobilenets.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar
 from mobilenets.train import distributed as D
 from mobilenets.train import fastdw, mixed
 from mobilenets.train.allocator import keep_freed_memory

@@ -16,21 +16,13 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
+from .core.errors import UsageError
+from .core.preprocessing import Preprocessing, cifar, imagenet
 from .data.labels import class_names_for
-from .data.transforms import Preprocessing, cifar, eval_transform, imagenet
-from .errors import UsageError
+from .data.transforms import eval_transform
+from .weights.resolve import is_export
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-EXPORT_SUFFIXES = frozenset({".onnx", ".xml", ".tflite"})  # run through a deploy Session
-
-
-def is_export(target) -> bool:
-    """An exported file (ONNX, OpenVINO IR, TFLite) or an open ``Session``."""
-    if isinstance(target, (str, os.PathLike)):
-        return Path(target).suffix.lower() in EXPORT_SUFFIXES
-    return hasattr(target, "run") and hasattr(target, "backend")
-
-
 @dataclass
 class Top:
     label: str

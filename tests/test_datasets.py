@@ -6,6 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mobilenets.core.errors import UsageError
+from mobilenets.core.preprocessing import cifar
 from mobilenets.data.datasets import (
     DataSpec,
     LazyImageFolder,
@@ -15,8 +17,7 @@ from mobilenets.data.datasets import (
     parse_data_spec,
     synthetic,
 )
-from mobilenets.data.transforms import cifar, eval_transform
-from mobilenets.errors import UsageError
+from mobilenets.data.transforms import eval_transform
 from mobilenets.train.augment import AugmentConfig, augment, cutout, normalize, pad_crop
 
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from mobilenets import create_model
 from mobilenets.cli import app
+from mobilenets.core.errors import UsageError
 from mobilenets.deploy.export import VerificationError, export
 from mobilenets.deploy.graph import deploy_module
 from mobilenets.deploy.runtimes import available_backends, open_session
-from mobilenets.errors import UsageError
 
 export_mod = importlib.import_module("mobilenets.deploy.export")  # the package re-exports the function
 INSTALLED = available_backends()

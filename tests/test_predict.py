@@ -11,7 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mobilenets.cli import app
-from mobilenets.data.transforms import eval_transform, imagenet
+from mobilenets.core.preprocessing import imagenet
+from mobilenets.data.transforms import eval_transform
 from mobilenets.predict import find_images, load_image, predict
 from mobilenets.weights import load_checkpoint
 

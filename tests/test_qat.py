@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from mobilenets import create_model
 from mobilenets.cli import app
-from mobilenets.data.transforms import cifar
+from mobilenets.core.errors import UsageError
+from mobilenets.core.preprocessing import cifar
 from mobilenets.deploy.calibration import load_images
 from mobilenets.deploy.export import export
 from mobilenets.deploy.qat import load_training_data, qat_finetune
 from mobilenets.deploy.runtimes import open_session
-from mobilenets.errors import UsageError
 from mobilenets.train.engine import Reporter
 from mobilenets.weights.io import CheckpointMeta
 

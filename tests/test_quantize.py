@@ -11,11 +11,11 @@ from test_export import export_mod, needs, trained_like
 from typer.testing import CliRunner
 
 from mobilenets.cli import app
-from mobilenets.data.transforms import imagenet
+from mobilenets.core.errors import UsageError
+from mobilenets.core.preprocessing import imagenet
 from mobilenets.deploy.calibration import load_images
 from mobilenets.deploy.export import VerificationError, export
 from mobilenets.deploy.runtimes import open_session
-from mobilenets.errors import UsageError
 
 CLASSES = ("cat", "dog", "fox")
 

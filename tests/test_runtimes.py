@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mobilenets import create_model
+from mobilenets.core.errors import UsageError
 from mobilenets.deploy import runtimes
 from mobilenets.deploy.runtimes import BACKENDS, available_backends, interleaved_latency, open_session
-from mobilenets.errors import UsageError
 
 INSTALLED = available_backends()
 

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mobilenets.cli import app
-from mobilenets.errors import UsageError
+from mobilenets.core.errors import UsageError
 from mobilenets.train import Reporter, TrainingDiverged, evaluate_checkpoint, fit, lr_at, resolve_config
 from mobilenets.weights.io import load_checkpoint
 
@@ -73,8 +73,8 @@ def test_fit_writes_a_run_directory(tmp_path):
 
 
 def test_mirror_tta_scores_the_mean_logits_of_both_views():
+    from mobilenets.core.preprocessing import cifar
     from mobilenets.data.datasets import ImageTensors
-    from mobilenets.data.transforms import cifar
     from mobilenets.train import evaluate
 
     class LeftHalf(torch.nn.Module):  # class 0 when the left half is brighter, else class 1
@@ -233,7 +233,7 @@ def test_a_resumed_run_may_grow_back_to_the_epochs_limit(tmp_path, monkeypatch):
 
 
 def test_time_budget_grows_only_if_the_slowest_recent_pace_fits():
-    from mobilenets.data.transforms import Preprocessing
+    from mobilenets.core.preprocessing import Preprocessing
     from mobilenets.train.engine import _measured_cost
     cfg, pre = resolve_config(epochs=10), Preprocessing(kind="cifar", resolution=32)
     measured = [(4, 98.0), (5, 148.0), (6, 98.0)]  # +2 s each for checkpoints
@@ -261,7 +261,7 @@ def test_progressive_resizing_schedule_and_run(tmp_path):
     # cheaper early epochs fit more epochs into the same budget
     cost = lambda e, n: 20 if train_resolution(e, n, 32, 24, 0.5) < 32 else 40  # noqa: E731
     assert epochs_that_fit(0, 0, cost, 0, 1, 600, 100) > epochs_that_fit(0, 0, 40.0, 0, 1, 600, 100)
-    from mobilenets.data.transforms import cifar
+    from mobilenets.core.preprocessing import cifar
     from mobilenets.train.engine import _epoch_cost
     est = _epoch_cost({24: 10.0, 32: 20.0}, resolve_config(resize_from=24, resize_until=0.5), cifar(32))
     assert [round(est(e, 12), 2) for e in (1, 4, 7)] == [10, round(10 + 10 * (28**2 - 24**2) / (32**2 - 24**2), 2), 20]
@@ -295,7 +295,7 @@ def test_flip_modes_and_earlier_run_directories():
 
 
 def test_weight_decay_groups_and_zero_init_residual():
-    from mobilenets.models import create_model
+    from mobilenets import create_model
     from mobilenets.train.engine import param_groups, zero_init_residual
     model = create_model("mobilenet_v2", width=0.25, num_classes=10)
     depthwise = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]

@@ -6,10 +6,11 @@ import torch
 from safetensors import safe_open
 
 from mobilenets import UsageError, create_model
+from mobilenets.core.files import atomic_path
+from mobilenets.core.preprocessing import cifar
 from mobilenets.data.labels import class_names_for, drop_background, imagenet_classes
-from mobilenets.data.transforms import cifar
 from mobilenets.weights import find_source, load_checkpoint, load_strict, read_weights, save_checkpoint, sources_for
-from mobilenets.weights.io import atomic_path, suggest_variant
+from mobilenets.weights.io import suggest_variant
 
 
 def _tiny(**kw):

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 
 class _App(typer.Typer):

@@ -99,7 +99,7 @@ def export_cmd(
 
 
 def _random(model: str):
-    from ..models import create_model
+    from ..weights import create_model
     if Path(model).suffix == ".safetensors":
         fail("--weights random takes a model name, not a checkpoint")
     return create_model(model)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from . import console, err_console, fail
 
 
@@ -66,9 +66,9 @@ def predict_cmd(
 def _model(model: str, weights: str | None):
     """MODEL names the architecture; our checkpoints carry their own config, so a family name
     accepts any width stored in the file, a full variant name must match it."""
-    from ..models import create_model, get_variant
+    from ..models import get_variant
     from ..predict import is_export
-    from ..weights import load_checkpoint, read_weights
+    from ..weights import create_model, load_checkpoint, read_weights
     from ..weights.io import is_ours
     if is_export(weights or model):  # an exported file runs in its own runtime
         return weights or model

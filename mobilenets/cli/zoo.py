@@ -7,7 +7,8 @@ import typer
 from rich.table import Table
 
 from ..measure.profile import profile as profile_model
-from ..models import VARIANTS, create_model, get_variant, list_models
+from ..models import VARIANTS, get_variant, list_models
+from ..weights import create_model
 from . import console
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import UsageError
-from .transforms import CIFAR10_MEAN, CIFAR10_STD, Preprocessing, cifar, imagenet
+from ..core.errors import UsageError
+from ..core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing, cifar, imagenet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.transforms import Preprocessing, eval_transform
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.preprocessing import Preprocessing
+from ..data.transforms import eval_transform
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_CALIB_SIZE = 300

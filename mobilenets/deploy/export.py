@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.transforms import Preprocessing, cifar, imagenet
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.preprocessing import Preprocessing, cifar, imagenet
 from ..models.network import MobileNet
 from .calibration import DEFAULT_CALIB_SIZE, ImageSet, load_images, random_inputs
 from .graph import deploy_module, reduce_mean_to_global_pool, strip_metadata
@@ -205,7 +205,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
 
 def resolve_model(model, weights: str | None = None) -> MobileNet:
     """A MobileNet in eval mode from a module, a model name (+ ``weights``) or a checkpoint path."""
-    from ..models import create_model
+    from ..weights import create_model
     from ..weights.io import unwrap
     if isinstance(model, nn.Module):
         model = unwrap(model)
@@ -428,5 +428,5 @@ def _replace(src: Path, dst: Path) -> None:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from ..weights.io import atomic_write
+    from ..core.files import atomic_write
     atomic_write(path, text.encode())

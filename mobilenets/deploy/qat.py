@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 64

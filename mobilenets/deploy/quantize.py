@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 
 class _Reader:

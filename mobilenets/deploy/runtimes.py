@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ..data.transforms import Preprocessing
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.preprocessing import Preprocessing
 from ..measure import latency as _latency
+from ..weights.resolve import read_sidecar
 
 BACKENDS = ("torch", "compile", "onnxruntime", "openvino", "litert")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -55,21 +54,6 @@ def require(backend: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise UsageError(f"backend {backend!r} is not installed: pip install {package} ({exc})") from None
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``model.onnx`` -> ``model.json``: where an export records preprocessing and class names."""
-    return Path(path).with_suffix(".json")
-
-
-def read_sidecar(path: str | os.PathLike) -> dict:
-    side = sidecar_path(path)
-    if not side.is_file():
-        return {}
-    try:
-        return json.loads(side.read_text())
-    except ValueError as exc:
-        raise UsageError(f"{side} is not valid JSON: {exc}") from None
 
 
 class Session:
@@ -312,7 +296,7 @@ def open_session(target, backend: str | None = None, *, threads: int = 1, precis
 
 
 def _module_meta(model) -> dict:
-    from ..data.transforms import cifar, imagenet
+    from ..core.preprocessing import cifar, imagenet
     from ..weights.io import unwrap
     inner = unwrap(model)
     meta = getattr(inner, "checkpoint_meta", None)

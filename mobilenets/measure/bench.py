@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UsageError
-from ..models import create_model, get_variant
-from ..weights.io import atomic_path, atomic_write
+from ..core.errors import UsageError
+from ..core.files import atomic_path, atomic_write
+from ..models import get_variant
+from ..weights import create_model
 from . import latency
 
 # What each backend can run. bf16 only where the CPU has native bf16 (checked at run time).

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.files import atomic_path, atomic_write
 from ..models import VARIANTS
-from ..weights.io import atomic_path, atomic_write
 from . import bench as benchmod
 from . import latency
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..errors import UsageError
+if TYPE_CHECKING:
+    from .meta import CheckpointMeta
+
+from ..core.errors import UsageError
 from .blocks import DepthwiseSeparable, InvertedResidual, SandGlass
 from .layers import ConvNormAct, create_act, make_divisible
 from .specs import FAMILIES, FamilySpec, Row
@@ -87,7 +91,14 @@ class ModelConfig:
 
 
 class MobileNet(nn.Module):
-    """Any MobileNet: ``stem -> blocks -> head -> pool -> [pre_logits] -> dropout -> classifier``."""
+    """Any MobileNet: ``stem -> blocks -> head -> pool -> [pre_logits] -> dropout -> classifier``.
+
+    ``checkpoint_meta`` says what the model is and how to feed it (``models.meta.CheckpointMeta``);
+    the loaders set it (``create_model``, ``load_checkpoint``, the converters, training), ``None``
+    on a bare ``MobileNet(config)``.
+    """
+
+    checkpoint_meta: CheckpointMeta | None = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()

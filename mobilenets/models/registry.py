@@ -9,7 +9,9 @@ import difflib
 import fnmatch
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.preprocessing import default_preprocessing
+from .meta import CheckpointMeta
 from .network import MobileNet, ModelConfig
 from .specs import FAMILIES
 
@@ -128,17 +130,17 @@ def model_config(name: str, width: float | None = None, resolution: int | None =
                        resolution=resolution or v.resolution, **kwargs)
 
 
-def create_model(name: str, pretrained: bool | str = False, width: float | None = None,
-                 num_classes: int = 1000, resolution: int | None = None, **kwargs) -> MobileNet:
-    """Build a MobileNet by name.
+def build_model(name: str, width: float | None = None, num_classes: int = 1000, resolution: int | None = None,
+                **kwargs) -> MobileNet:
+    """The architecture ``name`` with freshly initialised weights (no weights are loaded here:
+    ``mobilenets.create_model(..., pretrained=...)`` in ``weights`` does that on top of this).
 
-    ``create_model("mobilenet_v2", width=0.5, num_classes=10)``; ``create_model("mobilenet_v1_025_128")``.
+    ``build_model("mobilenet_v2", width=0.5, num_classes=10)``; ``build_model("mobilenet_v1_025_128")``.
     Other options: ``in_chans``, ``dropout``, ``cifar_stem``, ``tf_same``, ``bn_eps``,
-    ``identity_mult`` (MobileNeXt). ``pretrained``: True (the default source), a source name
-    or a path to a checkpoint.
+    ``identity_mult`` (MobileNeXt).
     """
     config = model_config(name, width, resolution, num_classes=num_classes, **kwargs)
-    if pretrained:
-        from ..weights import load_pretrained
-        return load_pretrained(name, config, pretrained)
-    return MobileNet(config)
+    model = MobileNet(config)
+    model.checkpoint_meta = CheckpointMeta(name, config, default_preprocessing(config.resolution,
+                                                                             cifar_stem=config.cifar_stem))
+    return model

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.transforms import Preprocessing
+from ..core.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

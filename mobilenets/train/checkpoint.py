@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
-from ..weights.io import atomic_write
+from ..core.errors import UsageError
+from ..core.files import atomic_write
 
 STATE_FILE = "state.pt"
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..core.hardware import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -29,23 +31,12 @@ class Context:
         return self.world_size > 1
 
 
-def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
-    if requested and requested != "auto":
-        dev = torch.device(requested)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def setup(device: str | None = None) -> Context:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local)
+    dev = resolve_device(device, local)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":

@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import UsageError
+from ..core.files import atomic_path, atomic_write
+from ..core.hardware import resolve_device
+from ..core.preprocessing import Preprocessing
 from ..data.datasets import DataSplits, ImageTensors, LazyImageFolder, collate_skip, load_data
-from ..data.transforms import Preprocessing
-from ..errors import UsageError
 from ..models.layers import is_depthwise
-from ..weights.io import CheckpointMeta, atomic_path, atomic_write, load_checkpoint, save_checkpoint, unwrap
+from ..weights.io import CheckpointMeta, load_checkpoint, save_checkpoint, unwrap
 from . import distributed as D
 from . import fastdw, mixed
 from .allocator import keep_freed_memory
@@ -493,8 +495,8 @@ def zero_init_residual(model: nn.Module) -> int:
 
 
 def build_model(cfg: TrainConfig, splits: DataSplits, reporter: Reporter) -> nn.Module:
-    from ..models import create_model
     from ..models.registry import model_config
+    from ..weights import create_model
 
     n = len(splits.class_names)
     res = splits.preprocessing.resolution
@@ -546,7 +548,7 @@ METRIC_FIELDS = ["epoch", "epochs", "lr", "train_loss", "train_top1", "val_loss"
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    from ..weights.io import atomic_write
+    from ..core.files import atomic_write
     atomic_write(run_dir / "metrics.json", json.dumps(history, indent=1).encode())
     lines = [",".join(METRIC_FIELDS)] + [",".join(_fmt(r[k]) for k in METRIC_FIELDS) for r in history]
     atomic_write(run_dir / "metrics.csv", ("\n".join(lines) + "\n").encode())
@@ -861,7 +863,7 @@ def _fit(cfg: TrainConfig, ctx: D.Context, reporter: Reporter, resume, t0: float
     result = RunResult(run_dir, best, best_epoch, history[-1] if history else {}, history, skipped_list, wall,
                        stopped)
     if ctx.is_main:
-        from ..weights.io import atomic_write
+        from ..core.files import atomic_write
         summary = {k: v for k, v in result.to_dict().items() if k != "history"}
         summary["skipped_count"] = len(skipped_list)
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
@@ -962,7 +964,7 @@ def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = N
     recorded in the checkpoint), or all of ``train/`` when the checkpoint records no split.
     """
     tta = tta_mode(tta)
-    ctx = D.Context(device=D.pick_device(device))
+    ctx = D.Context(device=resolve_device(device))
     if not Path(weights).is_file():
         raise UsageError(f"no such checkpoint: {weights}")
     try:
@@ -981,7 +983,7 @@ def evaluate_checkpoint(weights: str | Path, data: str, *, model: str | None = N
         raise UsageError(f"{weights} holds {meta.variant}, not {model}")
     pre = meta.preprocessing
     if pre is None:
-        from ..data.transforms import cifar, imagenet
+        from ..core.preprocessing import cifar, imagenet
         pre = (cifar if net.config.cifar_stem else imagenet)(net.config.resolution)
     names = meta.class_names
     val_size = val_size if val_size is not None else meta.extra.get("val_size")

@@ -27,7 +27,7 @@
 """
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 RECIPES: dict[str, dict] = {
     "baseline": dict(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from ..models.layers import make_divisible
 from ..models.network import MobileNet, ModelConfig
 from ..models.registry import model_config

@@ -16,8 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import UsageError
-from .io import atomic_path
+from ..core.errors import UsageError
+from ..core.files import atomic_path
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30

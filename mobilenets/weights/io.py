@@ -8,67 +8,22 @@ directory, fsync, rename) so a crash never leaves a truncated checkpoint under t
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pickle
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data.transforms import Preprocessing, cifar, imagenet
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.files import atomic_write
+from ..core.preprocessing import Preprocessing, cifar, imagenet
+from ..models.meta import FORMAT, CheckpointMeta
 from ..models.network import MobileNet, ModelConfig
 
-FORMAT = "mobilenets"
-FORMAT_VERSION = "1"
 SAFETENSORS = (".safetensors",)
 PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-
-
-@dataclass
-class CheckpointMeta:
-    """What a checkpoint says about itself; attached to loaded models as ``model.checkpoint_meta``."""
-    variant: str | None = None
-    config: ModelConfig | None = None
-    preprocessing: Preprocessing | None = None
-    class_names: list[str] | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_metadata(self) -> dict[str, str]:
-        """safetensors metadata is str -> str: scalars as text, records as JSON."""
-        md = {"format": FORMAT, "format_version": FORMAT_VERSION}
-        if self.variant:
-            md["variant"] = self.variant
-        if self.config is not None:
-            md["config"] = json.dumps(self.config.to_dict())
-            md.update(width=str(self.config.width), resolution=str(self.config.resolution),
-                      num_classes=str(self.config.num_classes))
-        if self.preprocessing is not None:
-            md["preprocessing"] = json.dumps(self.preprocessing.to_dict())
-        if self.class_names is not None:
-            md["class_names"] = json.dumps(list(self.class_names))
-        if self.extra:
-            md["extra"] = json.dumps(self.extra)
-        return md
-
-    @classmethod
-    def from_metadata(cls, md: dict[str, str] | None) -> CheckpointMeta:
-        md = md or {}
-        try:
-            loads = lambda key: json.loads(md[key]) if key in md else None  # noqa: E731
-            config, pre = loads("config"), loads("preprocessing")
-            return cls(variant=md.get("variant"),
-                       config=ModelConfig.from_dict(config) if config else None,
-                       preprocessing=Preprocessing.from_dict(pre) if pre else None,
-                       class_names=loads("class_names"), extra=loads("extra") or {})
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"checkpoint metadata is damaged: {' '.join(str(exc).split())}") from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -109,33 +64,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing:
                for k, v in model.state_dict().items()}  # clone: no shared or partial storages
     data = save(tensors, metadata=meta.to_metadata())
     return atomic_write(Path(path), data)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """A temporary file name beside ``path`` (``path``'s suffix unless ``suffix`` is given) for
-    writers that take a name (``savefig``, ``torch.onnx.export``, LiteRT's ``export``, a download):
-    fsynced and renamed onto ``path`` when the block ends, removed if it raises."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix if suffix is None else suffix,
-                                dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory + fsync + rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

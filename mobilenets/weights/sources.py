@@ -22,8 +22,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 from ..models.registry import VARIANTS, model_config
 
 FORMATS = ("torchvision", "timm", "keras")
