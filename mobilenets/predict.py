@@ -1,10 +1,15 @@
-"""Images in, labelled top-k out, preprocessed exactly as the checkpoint says.
+"""Images in, labelled top-k out, preprocessed exactly as the model says.
 
-The preprocessing and class names come from the model's ``checkpoint_meta`` (written by
-``save_checkpoint`` or set by the converters), so an ImageNet model is resized, cropped and
-normalised as its publisher evaluated it and a CIFAR model gets its own transform. Files
-that cannot be read are reported by name and skipped, never fatal: one bad JPEG in a folder
-of thousands should not cost the other results.
+``predict`` takes whatever ``weights.resolve_model`` takes (a model, a model name, a checkpoint, a
+training run directory, an exported file) or an open runtime ``Session``. The preprocessing and
+class names come from the model's metadata (``checkpoint_meta``, or an export's sidecar; an export
+without one is fed at the input size its graph declares), so an ImageNet model is resized, cropped
+and normalised as its publisher evaluated it and a CIFAR model gets its own transform.
+
+Inputs are checked before any model is loaded: a path that does not exist is a ``UsageError``, and
+so is a single image, given alone, that cannot be decoded. In a folder or among several files an
+unreadable image is reported by name and skipped: one bad JPEG among thousands should not cost the
+other results.
 """
 from __future__ import annotations
 
@@ -15,14 +20,22 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
 
 from .core.errors import UsageError
-from .core.preprocessing import Preprocessing, cifar, imagenet
+from .core.hardware import resolve_device
+from .core.preprocessing import Preprocessing, default_preprocessing
 from .data.labels import class_names_for
 from .data.transforms import eval_transform
-from .weights.resolve import is_export
+from .deploy.runtimes import Session, open_session
+from .models.network import unwrap
+from .weights.resolve import resolve_model
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
 @dataclass
 class Top:
     label: str
@@ -65,27 +78,43 @@ class PredictResult:
                 "skipped": [asdict(s) for s in self.skipped]}
 
 
-def find_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
-    """Files to read: named files as given, directories walked recursively for image
-    extensions (sorted, so results are reproducible); missing paths are skipped."""
+def find_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Files to read: named files as given, folders walked recursively for image extensions
+    (sorted, so results are reproducible). A path that does not exist is a ``UsageError``, as is
+    finding no image at all."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files, skipped = [], []
-    for p in map(Path, paths):
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing[:3])}"
+                         + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+    files = []
+    for p in paths:
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-        elif p.is_file():
-            files.append(p)
         else:
-            skipped.append(Skipped(str(p), "no such file or directory"))
-    return files, skipped
+            files.append(p)
+    if not files:
+        raise UsageError("no images found in " + ", ".join(map(str, paths[:3]))
+                         + " (looked for " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")
+    return files
 
 
-def _inputs(paths) -> tuple[list[Path], list[Skipped]]:
-    files, skipped = find_images(paths)
-    if not files and not skipped:
-        raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")
-    return files, skipped
+def _inputs(paths) -> list[Path]:
+    """``find_images``; a single file given alone must also decode (a one-line error otherwise)."""
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = find_images(given)
+    if len(given) == 1 and not Path(given[0]).is_dir():
+        try:
+            load_image(files[0])
+        except Exception as exc:  # noqa: BLE001 -- any decoder failure means "unreadable"
+            raise UsageError(f"cannot read image {files[0]}: {_reason(exc)}") from None
+    return files
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -98,72 +127,61 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return im.convert("RGB")
 
 
-def _load_model(model_or_checkpoint):
-    if isinstance(model_or_checkpoint, torch.nn.Module):
-        return model_or_checkpoint
-    if isinstance(model_or_checkpoint, (str, os.PathLike)):
-        from .weights import load_checkpoint
-        return load_checkpoint(model_or_checkpoint)[0]
-    raise UsageError(f"predict needs a model or a checkpoint path, got {type(model_or_checkpoint).__name__}")
-
-
-def _defaults(model) -> tuple[str, Preprocessing, list[str] | None]:
-    meta = getattr(model, "checkpoint_meta", None)
-    config = getattr(model, "config", None)
-    res = getattr(config, "resolution", 224)
-    fallback = cifar(res) if getattr(config, "cifar_stem", 0) else imagenet(res)
-    if meta is None:
-        return getattr(config, "family", type(model).__name__), fallback, None
-    return meta.variant or config.family, meta.preprocessing or fallback, meta.class_names
-
-
 @torch.inference_mode()
-def predict(model_or_checkpoint, paths, top: int = 5, batch_size: int = 32, *,
+def predict(target, paths, top: int = 5, batch_size: int = 32, *, weights: str | os.PathLike | None = None,
             preprocessing: Preprocessing | None = None, class_names: list[str] | None = None,
             device: str | torch.device | None = None, progress: bool = False) -> PredictResult:
     """Top-``top`` classes (label, index, probability) for every image in ``paths``.
 
-    ``model_or_checkpoint``: a model (``create_model(..., pretrained=...)``, ``load_checkpoint``),
-    the path of one of our checkpoints, or an exported file (.onnx, .xml, .tflite) or ``Session``,
-    run in its runtime with the preprocessing and class names of its sidecar.
-    ``preprocessing``/``class_names`` override what the checkpoint says. ``device``: default the
-    model's. ``progress``: a bar on stderr.
+    ``target``: what ``weights.resolve_model`` takes, or an open runtime ``Session``; exported files
+    run in their runtime. ``weights``: with a model name, a checkpoint file, a source tag or "random"
+    (a bare name gets its default published weights). ``preprocessing``/``class_names`` override what the model
+    says. ``device``: default the model's (exports run where their runtime runs). ``progress``: a
+    bar on stderr.
     """
     if top < 1 or batch_size < 1:
         raise UsageError(f"top and batch_size must be >= 1, got top={top}, batch_size={batch_size}")
-    if is_export(model_or_checkpoint):
-        return _predict_export(model_or_checkpoint, paths, top, batch_size, preprocessing=preprocessing,
-                               class_names=class_names, progress=progress)
-    model = _load_model(model_or_checkpoint)
-    name, pre, names = _defaults(model)
-    pre = preprocessing or pre
-    files, skipped = _inputs(paths)
-    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
-    if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+    files = _inputs(paths)
+    if isinstance(target, Session):
+        return _predict_session(target, files, top, batch_size, preprocessing=preprocessing,
+                                class_names=class_names, progress=progress)
+    was_training = unwrap(target).training if isinstance(target, nn.Module) else False
+    resolved = resolve_model(target, weights, pretrained=True)
+    if resolved.is_export:
+        return _predict_session(open_session(resolved.path), files, top, batch_size, preprocessing=preprocessing,
+                                class_names=class_names, progress=progress)
+    model = resolved.model
+    num_classes = model.config.num_classes
+    if class_names is not None and len(class_names) != num_classes:
         raise UsageError(f"{len(class_names)} class names for a model with {num_classes} classes")
-    param = next(model.parameters(), None)
     if device is None:
-        device = param.device if param is not None else "cpu"
-    device = torch.device(device)
-    was_training = model.training
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    else:
+        device = resolve_device(str(device))
+    pre = preprocessing or resolved.preprocessing
+    result = PredictResult(model=resolved.name, preprocessing=pre)
     model.to(device).eval()
-    result = PredictResult(model=name, preprocessing=pre, skipped=skipped)
     try:
-        _run(lambda x: model(x.to(device)).float().cpu(), files, result, pre, class_names or names, top,
-             batch_size, progress)
+        _run(lambda x: model(x.to(device)).float().cpu(), files, result, pre, class_names or resolved.class_names,
+             top, batch_size, progress)
     finally:
         model.train(was_training)
     return result
 
 
-def _predict_export(target, paths, top: int, batch_size: int, *, preprocessing, class_names, progress):
-    """``predict`` on an exported file: the runtime's Session, the export's sidecar preprocessing."""
-    from .deploy.runtimes import open_session
-    session = open_session(target) if isinstance(target, (str, os.PathLike)) else target
-    pre = preprocessing or session.preprocessing or imagenet(session.resolution or 224)
-    files, skipped = _inputs(paths)
-    name = Path(session.path).stem if getattr(session, "path", None) else session.backend
-    result = PredictResult(model=name, preprocessing=pre, skipped=skipped)
+def _predict_session(session: Session, files: list[Path], top: int, batch_size: int, *, preprocessing,
+                     class_names, progress) -> PredictResult:
+    """``predict`` through a runtime ``Session``: the export's sidecar preprocessing, else the
+    default preprocessing at the input size the graph declares."""
+    pre = preprocessing or session.preprocessing
+    if pre is None:
+        if not session.resolution:
+            raise UsageError(f"{session.path or session.backend}: no sidecar says its preprocessing and its graph "
+                             f"declares no fixed input size")
+        pre = default_preprocessing(int(session.resolution))
+    name = Path(session.path).stem if session.path else session.backend
+    result = PredictResult(model=name, preprocessing=pre)
     _run(lambda x: torch.from_numpy(session.run(x.numpy())), files, result, pre,
          class_names or session.class_names, top, batch_size, progress)
     return result
@@ -181,7 +199,7 @@ def _run(logits_of, files: list[Path], result: PredictResult, pre: Preprocessing
                     tensors.append(transform(load_image(f)))
                     batch_files.append(f)
                 except Exception as exc:  # noqa: BLE001 -- any decoder failure means "unreadable"
-                    result.skipped.append(Skipped(str(f), " ".join(f"{type(exc).__name__}: {exc}".split())))
+                    result.skipped.append(Skipped(str(f), _reason(exc)))
             if tensors:
                 probs = logits_of(torch.stack(tensors)).softmax(dim=1)
                 labels = class_names_for(probs.shape[1], names)
@@ -201,8 +219,6 @@ class _Bar:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         self._progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                   console=Console(stderr=True), transient=True)
         self._progress.start()

@@ -19,6 +19,8 @@ from mobilenets.data.datasets import (
 )
 from mobilenets.data.transforms import eval_transform
 from mobilenets.train.augment import AugmentConfig, augment, cutout, normalize, pad_crop
+from mobilenets.train.batches import alternate_flips, train_batches
+from mobilenets.train.distributed import Context
 
 
 def make_tree(root, classes=("cat", "dog"), n=4, size=32, split="train", seed=0):
@@ -103,21 +105,91 @@ def test_large_images_are_lazy(tmp_path):
         assert batch[2] and batch[2][0][0].endswith("bad.jpg")
 
 
-def test_cifar_torchvision_format(tmp_path):
-    base = tmp_path / "cifar-10-batches-py"
-    base.mkdir()
+def _write_cifar10(root, batch=None, meta=None, protocol=pickle.DEFAULT_PROTOCOL):
+    """A CIFAR-10 folder in torchvision's layout; ``batch(name, n)``/``meta()`` give each file's object."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    batch = batch or (lambda name, n: {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                       "labels": list(rng.integers(0, 10, n))})
+    meta = meta or (lambda: {"label_names": [f"c{i}" for i in range(10)]})
     for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 6)]:
-        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
         with open(base / name, "wb") as f:
-            pickle.dump(entry, f)
+            pickle.dump(batch(name, n), f, protocol=protocol)
     with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+        pickle.dump(meta(), f, protocol=protocol)
+    return base
+
+
+def test_cifar_torchvision_format(tmp_path):
+    _write_cifar10(tmp_path)
     splits = load_data(f"cifar10:{tmp_path}", download=False)
     assert len(splits.train) == 20 and len(splits.val) == 6 and splits.class_names[3] == "c3"
     assert splits.train.images.shape == (20, 3, 32, 32)
     with pytest.raises(UsageError, match="cifar-100-python"):
         load_data(f"cifar100:{tmp_path}", download=False)
+
+
+def test_cifar_files_as_cifar_writes_them_load(tmp_path):
+    """The real files: protocol 2, bytes keys and names, labels as plain ints, numpy arrays."""
+    rng = np.random.default_rng(1)
+    images = {}
+
+    def batch(name, n):
+        images[name] = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        return {b"batch_label": name.encode(), b"labels": [int(y) for y in rng.integers(0, 10, n)],
+                b"data": images[name], b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+    _write_cifar10(tmp_path, batch, lambda: {b"num_cases_per_batch": 4, b"label_names": [b"plane", b"car"] + [
+        f"c{i}".encode() for i in range(2, 10)], b"num_vis": 3072}, protocol=2)
+    splits = load_data(f"cifar10:{tmp_path}", download=False)
+    assert splits.class_names[:3] == ["plane", "car", "c2"] and len(splits.train) == 20
+    want = torch.from_numpy(images["test_batch"]).view(-1, 3, 32, 32)
+    assert torch.equal(splits.val.images, want)
+
+
+class _Payload:
+    """What a crafted CIFAR file would hold: unpickling it runs Python code that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("where", ["test_batch", "batches.meta"])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_files_cannot_run_code(tmp_path, where, protocol):
+    marker = tmp_path / "pwned"
+    rng = np.random.default_rng(0)
+
+    def batch(name, n):
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [0] * n}
+        return {**entry, "extra": _Payload(marker)} if name == where else entry
+
+    def meta():
+        names = {"label_names": [f"c{i}" for i in range(10)]}
+        return {**names, "x": _Payload(marker)} if where == "batches.meta" else names
+    base = _write_cifar10(tmp_path / "data", batch, meta, protocol=protocol)
+    with pytest.raises(UsageError) as info:
+        load_data(f"cifar10:{tmp_path / 'data'}", download=False, train=False)
+    msg = str(info.value)
+    assert not marker.exists()
+    assert "\n" not in msg and str(base / where) in msg and ".exec" in msg
+
+
+def test_damaged_cifar_files_are_one_line_errors(tmp_path):
+    base = _write_cifar10(tmp_path)
+    (base / "test_batch").write_bytes(b"\x80\x02}q\x00(X\x04")  # cut short
+    with pytest.raises(UsageError, match="test_batch is not a readable CIFAR file"):
+        load_data(f"cifar10:{tmp_path}", download=False, train=False)
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({"labels": [1, 2]}, f)
+    with pytest.raises(UsageError, match="test_batch is not a cifar10 batch"):
+        load_data(f"cifar10:{tmp_path}", download=False, train=False)
+    (base / "batches.meta").unlink()
+    with pytest.raises(UsageError, match="cifar10 file missing: .*batches.meta"):
+        load_data(f"cifar10:{tmp_path}", download=False, train=False)
 
 
 def test_batched_augmentation_is_seeded_and_shaped():
@@ -155,8 +227,6 @@ def _flip_states(batch, originals) -> dict[int, bool]:
 
 @pytest.mark.parametrize("lazy", [False, True])
 def test_alternate_flip_mirrors_each_image_every_other_epoch(tmp_path, lazy):
-    from mobilenets.train.distributed import Context
-    from mobilenets.train.engine import alternate_flips, resolve_config, train_batches
     if lazy:
         make_tree(tmp_path, n=4, size=16)
         files = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
@@ -165,12 +235,12 @@ def test_alternate_flip_mirrors_each_image_every_other_epoch(tmp_path, lazy):
     else:
         data = synthetic(12, 3, 8)
         originals = list(data.images)
-    cfg = resolve_config("default", data="synthetic", flip="alternate", batch_size=len(data), workers=0)
-    seen = {}
+    seed, seen = 0, {}
     for epoch in (1, 2, 3):
-        (x, _, _), = train_batches(data, cfg, epoch, Context())
+        (x, _, _), = train_batches(data, batch_size=len(data), seed=seed, epoch=epoch, ctx=Context(),
+                                   flip="alternate", workers=0)
         states = _flip_states(x, originals)
         seen[epoch] = [states[j] for j in range(len(data))]
-        assert seen[epoch] == alternate_flips(len(data), cfg.seed, epoch).tolist()
+        assert seen[epoch] == alternate_flips(len(data), seed, epoch).tolist()
     assert all(a != b for a, b in zip(seen[1], seen[2], strict=True)) and seen[1] == seen[3]
     assert 0 < sum(seen[1]) < len(data)

@@ -8,7 +8,7 @@ from conftest import random_torchvision_v3_small
 
 from mobilenets import UsageError, create_model
 from mobilenets.weights import hub, sources
-from mobilenets.weights.hub import cache_dir, download, fetch
+from mobilenets.weights.hub import cache_dir, check_digest, download, fetch, hash_kind
 
 
 @pytest.fixture
@@ -64,6 +64,38 @@ def test_md5_is_checked_too(home, blob):
     with pytest.raises(UsageError, match="md5 .* does not match"):
         fetch(path.as_uri(), "b.h5", md5="f" * 32)
     assert not (home / "b.h5").exists()
+
+
+@pytest.mark.parametrize("kind", ["sha256", "sha256-prefix", "md5"])
+def test_each_kind_of_digest_accepts_the_file_and_refuses_a_tampered_one(home, blob, kind):
+    path, data, _ = blob
+    digest = {"sha256": lambda b: {"sha256": hashlib.sha256(b).hexdigest()},
+              "sha256-prefix": lambda b: {"sha256": hashlib.sha256(b).hexdigest()[:8]},
+              "md5": lambda b: {"md5": hashlib.md5(b).hexdigest()}}[kind](data)
+    assert hash_kind(**digest) == kind
+    assert check_digest(path, **digest) is None
+    assert fetch(path.as_uri(), "good.bin", **digest).read_bytes() == data
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 1  # one bit in the middle
+    path.write_bytes(bytes(tampered))
+    assert kind.split("-")[0] in check_digest(path, **digest)
+    with pytest.raises(UsageError, match="does not match the expected"):
+        fetch(path.as_uri(), "bad.bin", **digest)
+    assert not (home / "bad.bin").exists()
+
+
+def test_the_strongest_digest_given_is_the_one_checked(home, blob):
+    path, data, sha = blob
+    md5 = hashlib.md5(data).hexdigest()
+    assert hash_kind(sha, md5) == "sha256" and hash_kind(sha[:8], md5) == "sha256-prefix" and hash_kind() == "none"
+    wrong_sha = ("0" if sha[0] != "0" else "1") + sha[1:]
+    assert check_digest(path, sha256=wrong_sha, md5=md5).startswith("sha256 ")  # a good md5 does not rescue it
+    assert check_digest(path, sha256=sha[:12]) is None  # a longer prefix is checked as far as it goes
+    assert check_digest(path, sha256=wrong_sha[:8]) is not None
+    assert check_digest(path) is None and fetch(path.as_uri(), "unverified.bin").read_bytes() == data
+    for bad in [dict(sha256="abc"), dict(sha256="z" * 64), dict(md5="0" * 31)]:
+        with pytest.raises(ValueError):
+            hash_kind(**bad)
 
 
 def test_a_bad_cached_file_is_replaced(home, blob, capsys):

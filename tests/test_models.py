@@ -120,6 +120,11 @@ def test_named_variant_and_config_round_trip():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(name="mobilenet_v2", width=0), "width must be > 0"),
     (dict(name="mobilenet_v2", width=-1.0), "width must be > 0"),
+    (dict(name="mobilenet_v2", width=float("inf")), "width must be > 0 and at most 4, got inf"),
+    (dict(name="mobilenet_v2", width=float("nan")), "width must be > 0 and at most 4, got nan"),
+    (dict(name="mobilenet_v2", width=1e6), "width must be > 0 and at most 4, got 1000000.0"),
+    (dict(name="mobilenet_v2", resolution=0), "resolution must be a whole number of pixels"),
+    (dict(name="mobilenet_v2", resolution=100_000), "at most 4096, got 100000"),
     (dict(name="mobilenet_v2", in_chans=0), "in_chans must be > 0"),
     (dict(name="mobilenet_v2", num_classes=0), "num_classes must be > 0"),
     (dict(name="mobilenet_v2", resolution=16), "too small"),
@@ -142,3 +147,23 @@ def test_list_models():
     assert set(mobilenets.list_models("mobilenext")) >= {"mobilenext", "mobilenext_100", "mobilenext_035"}
     assert all(n.startswith("mobilenet_v1") for n in mobilenets.list_models("mobilenet_v1*"))
     assert len(mobilenets.list_models("mobilenet_v1_*")) == 16
+
+
+def test_list_patterns_match_from_any_part_of_a_name():
+    v3 = mobilenets.list_models("v3*")  # the example in `mobilenets list --help`
+    assert v3 and v3 == mobilenets.list_models("mobilenet_v3*") and "mobilenet_v3_small_075" in v3
+    assert mobilenets.list_models("V1_*") == mobilenets.list_models("mobilenet_v1_*")
+    assert mobilenets.list_models("*_128") == [n for n in mobilenets.VARIANTS if n.endswith("_128")]
+    assert mobilenets.list_models("small_minimal") == ["mobilenet_v3_small_minimal", "mobilenet_v3_small_minimal_100"]
+    assert mobilenets.list_models("3*") == []  # parts start after an underscore, not inside a word
+    assert mobilenets.models.match_models("v3*") == v3
+    with pytest.raises(UsageError, match="no model matches 'v9\\*'"):
+        mobilenets.models.match_models("v9*")
+
+
+def test_build_model_sets_no_metadata_the_loader_does():
+    from mobilenets.models import build_model
+    assert build_model("mobilenet_v1_025_128").checkpoint_meta is None
+    meta = create_model("mobilenet_v1_025_128", cifar_stem=True).checkpoint_meta
+    assert meta.variant == "mobilenet_v1_025_128" and meta.preprocessing.kind == "cifar"
+    assert meta.config.width == 0.25 and meta.preprocessing.resolution == 128

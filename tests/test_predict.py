@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mobilenets.cli import app
+from mobilenets.core.errors import UsageError
 from mobilenets.core.preprocessing import imagenet
 from mobilenets.data.transforms import eval_transform
 from mobilenets.predict import find_images, load_image, predict
@@ -53,9 +54,13 @@ def test_decoding_modes_and_exif(tmp_path):
     for name in ("red.jpg", "blue.png", "green.webp", "sub_blue_rgba.png", "gray.png"):
         assert load_image(tmp_path / name).mode == "RGB"
     assert load_image(tmp_path / "red_exif.jpg").size == (24, 48)  # stored 48x24, displayed upright
-    files, skipped = find_images([tmp_path, tmp_path / "missing.png"])
+    files = find_images([tmp_path])
     assert "notes.txt" not in {f.name for f in files} and len(files) == 8
-    assert skipped[0].path.endswith("missing.png")
+    with pytest.raises(UsageError, match="no such file or folder: .*missing.png"):
+        find_images([tmp_path, tmp_path / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images found in .*empty"):
+        find_images(tmp_path / "empty")
 
 
 def _train_tiny(tmp_path):
@@ -111,19 +116,43 @@ def test_cli_predict_exit_codes_and_json(trained, tmp_path):
     assert some_bad.exit_code == 1
     assert "red_exif.jpg" in some_bad.stdout and "corrupt.jpg" in some_bad.stderr and "truncated.jpg" in some_bad.stderr
 
+    (tmp_path / "notes.pth").write_text("not weights")
     for args, pattern in [
         (["predict", "mobilenet_v2", "--weights", str(tmp_path / "nope.safetensors"), *good], "no such checkpoint"),
         (["predict", "mobilenet_v3_small", "--weights", str(trained), *good], "holds mobilenet_v2"),
-        (["predict", str(trained), str(tmp_path / "empty_dir_that_is_missing")], None),
-        (["convert", good[0], "--from", "caffe", "--model", "mobilenet_v2", "--to", str(tmp_path / "o.safetensors")],
+        (["predict", "mobilenet_v2", "-w", str(tmp_path / "notes.pth"), *good], "notes.pth is not a checkpoint"),
+        (["predict", str(trained), str(tmp_path / "missing.jpg")], "no such file or folder: "),
+        (["predict", str(trained), good[0], str(tmp_path / "missing_dir")], "missing_dir"),
+        (["predict", str(trained), str(d / "corrupt.jpg")], "cannot read image " + str(d / "corrupt.jpg")),
+        (["predict", str(trained), str(d / "truncated.jpg")], "cannot read image " + str(d / "truncated.jpg")),
+        (["convert", good[0], "--from", "caffe", "--model", "mobilenet_v2", "-o", str(tmp_path / "o.safetensors")],
          "unknown weights 'caffe'"),
     ]:
         res = runner.invoke(app, args)
-        if pattern is None:  # a missing path is a skipped input, not bad usage
-            assert res.exit_code == 1 and "no such file" in res.stderr
-            continue
         assert res.exit_code == 2, res.output
         assert pattern in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not res.stdout.strip(), res.stdout  # no empty table
+
+
+def test_a_module_is_predicted_in_eval_mode_and_handed_back_as_it_came(tmp_path):
+    from mobilenets import create_model
+    model = create_model("mobilenet_v3_small", width=0.5, num_classes=3, resolution=32, cifar_stem=True).train()
+    _picture("red", np.random.default_rng(6)).save(tmp_path / "a.png")
+    first = predict(model, tmp_path / "a.png", top=3)
+    again = predict(model, tmp_path / "a.png", top=3)  # eval mode: BN statistics and dropout do not move
+    assert model.training and first.to_dict() == again.to_dict()
+    assert first.model == "mobilenet_v3_small" and first.preprocessing.kind == "cifar"
+
+
+def test_inputs_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch):
+    """A typo in an image path fails at once, not after a download or a checkpoint load."""
+    import mobilenets.predict as P
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+    monkeypatch.setattr(P, "resolve_model", never)
+    with pytest.raises(UsageError, match="no such file or folder"):
+        predict("mobilenet_v3_large", [tmp_path / "typo.jpg"])
 
 
 def test_converted_torchvision_checkpoint_predicts_the_reference_top5(tmp_path):
@@ -131,8 +160,12 @@ def test_converted_torchvision_checkpoint_predicts_the_reference_top5(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "mobilenet_v3_small-random.pth")
     out = tmp_path / "mv3s.safetensors"
     res = runner.invoke(app, ["convert", str(tmp_path / "mobilenet_v3_small-random.pth"), "--from", "torchvision",
-                              "--model", "mobilenet_v3_small", "--to", str(out)])
+                              "--model", "mobilenet_v3_small", "-o", str(out)])
     assert res.exit_code == 0, res.output
+    old_spelling = runner.invoke(app, ["convert", str(tmp_path / "mobilenet_v3_small-random.pth"), "--from",
+                                       "torchvision", "--model", "mobilenet_v3_small",
+                                       "--to", str(tmp_path / "b.safetensors")])
+    assert old_spelling.exit_code == 0 and (tmp_path / "b.safetensors").is_file(), old_spelling.output
     model, meta = load_checkpoint(out)
     assert meta.preprocessing == imagenet(224) and meta.extra["format"] == "torchvision"
 
@@ -162,3 +195,7 @@ def test_exported_onnx_file_predicts_like_its_checkpoint(trained, tmp_path):
     res = runner.invoke(app, ["predict", str(onnx), str(tmp_path / "imgs" / "red.jpg"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["predictions"][0]["top"][0]["label"] == "red"
+    # Without its sidecar the file still says its input size: the graph declares 32 x 32.
+    onnx.with_suffix(".json").unlink()
+    bare = predict(onnx, [tmp_path / "imgs"], top=3)
+    assert bare.preprocessing.resolution == 32 and len(bare.predictions) == len(want.predictions)

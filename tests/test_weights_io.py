@@ -9,7 +9,16 @@ from mobilenets import UsageError, create_model
 from mobilenets.core.files import atomic_path
 from mobilenets.core.preprocessing import cifar
 from mobilenets.data.labels import class_names_for, drop_background, imagenet_classes
-from mobilenets.weights import find_source, load_checkpoint, load_strict, read_weights, save_checkpoint, sources_for
+from mobilenets.weights import (
+    SOURCES,
+    find_source,
+    load_checkpoint,
+    load_strict,
+    read_weights,
+    resolve_model,
+    save_checkpoint,
+    sources_for,
+)
 from mobilenets.weights.io import suggest_variant
 
 
@@ -92,6 +101,35 @@ def test_foreign_pth_loads_weights_only_and_refuses_code(tmp_path):
         read_weights(tmp_path / "missing.pth")
 
 
+@pytest.mark.parametrize("content,what", [
+    (b"hello world, not weights\n", "is not a checkpoint: neither a safetensors file nor a PyTorch file"),
+    (b"", "is not a checkpoint"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(64), "is not a checkpoint"),
+    (b"PK\x03\x04" + bytes(64), "is not a readable PyTorch checkpoint"),
+    (b"\x80\x02]q\x00.", "is not a readable PyTorch checkpoint"),
+])
+def test_files_that_are_not_checkpoints_are_one_line_errors(tmp_path, content, what):
+    """A text file given as ``-w x.pth`` raised ``KeyError: 101`` from torch.load; every verb loads
+    weights through ``read_weights``, so each now says what the file is not."""
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    for load in (read_weights, lambda p: create_model("mobilenet_v2", pretrained=str(p)),
+                 lambda p: resolve_model("mobilenet_v2", p)):
+        with pytest.raises(UsageError) as info:
+            load(path)
+        assert str(path) in str(info.value) and what in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_pickled_object_that_is_not_a_state_dict_is_named(tmp_path):
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    torch.save({"epoch": 3}, tmp_path / "numbers.pth")
+    for name in ("list.pth", "numbers.pth"):
+        with pytest.raises(UsageError, match=f"{name} is not a state dict"):
+            read_weights(tmp_path / name)
+    with pytest.raises(UsageError, match="is a folder, not a checkpoint"):
+        read_weights(tmp_path)
+
+
 def test_bare_weights_need_a_config(tmp_path):
     from safetensors.torch import save_file
     model = _tiny()
@@ -153,3 +191,16 @@ def test_registry_covers_the_published_checkpoints():
         find_source("mobilenet_v3_large", "timm.tf_in1")
     with pytest.raises(UsageError, match="no published weights for mobilenext"):
         create_model("mobilenext", pretrained=True)
+
+
+def test_every_source_says_which_digest_verifies_it():
+    kinds = {(s.format, s.hash_kind) for s in SOURCES}
+    assert kinds == {("torchvision", "sha256-prefix"), ("timm", "sha256-prefix"), ("timm", "none"),
+                     ("keras", "md5"), ("keras", "none")}
+    for s in SOURCES:
+        if s.hash_kind == "sha256-prefix":  # torch.hub's convention: the prefix is in the file name
+            assert s.filename.rsplit("-", 1)[1].split(".")[0] == s.sha256 and len(s.sha256) == 8
+    assert {s.reference for s in SOURCES if s.hash_kind == "none" and s.format == "timm"} == {
+        "mobilenetv1_100.ra4_e3600_r224_in1k"}
+    assert all(s.family in ("mobilenet_v1", "mobilenet_v2") for s in SOURCES if (s.format, s.hash_kind) == (
+        "keras", "none"))

@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..core.errors import UsageError
-from . import console, err_console, fail
+from ..predict import PredictResult, predict
+from ..weights import convert_file
+from . import options
+from .common import console, err_console
 
 
 def convert_cmd(
@@ -22,37 +24,29 @@ def convert_cmd(
     from_: Annotated[str, typer.Option("--from", help="torchvision, timm or keras, or a source tag "
                                        "such as timm.tf_in1k (see the weight registry)")],
     model: Annotated[str, typer.Option("--model", help="our model name, e.g. mobilenet_v3_large")],
-    to: Annotated[Path, typer.Option("--to", help="output .safetensors file")],
+    output: Annotated[Path, typer.Option("--output", "-o", "--to", help="output .safetensors file "
+                                         "(--to: the old spelling)")],
     width: Annotated[float | None, typer.Option(help="width multiplier (base names only)")] = None,
 ) -> None:
     """Convert a torchvision, timm or Keras checkpoint into a mobilenets .safetensors file."""
-    from ..weights import convert_file
-    try:
-        out = convert_file(src, from_, model, to, width=width)
-    except UsageError as exc:
-        fail(str(exc))
+    out = convert_file(src, from_, model, output, width=width)
     console.print(f"wrote {out}", highlight=False)
 
 
 def predict_cmd(
-    model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a .safetensors checkpoint or "
-                                         "an exported .onnx/.xml/.tflite file")],
-    images: Annotated[list[Path], typer.Argument(help="image files and directories (searched recursively)")],
+    model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a checkpoint, a training run "
+                                         "folder or an exported .onnx/.xml/.tflite file")],
+    images: Annotated[list[Path], typer.Argument(help="image files and folders (searched recursively)")],
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file or source tag "
                                                 "(default: the model's default published weights)")] = None,
-    top: Annotated[int, typer.Option(help="how many classes per image")] = 5,
-    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
+    top: Annotated[int, typer.Option(min=1, help="how many classes per image")] = 5,
+    batch_size: options.BatchSize = 32,
+    device: options.Device = "auto",
+    as_json: options.Json = False,
 ) -> None:
-    """Top-k classes for images, preprocessed as the checkpoint says."""
-    from ..predict import predict
-    try:
-        net = _model(model, weights)
-        result = predict(net, images, top=top, batch_size=batch_size, device=device,
-                         progress=not as_json and err_console.is_terminal)
-    except UsageError as exc:
-        fail(str(exc))
+    """Top-k classes for images, preprocessed as the model says."""
+    result = predict(model, images, top=top, batch_size=batch_size, weights=weights, device=device,
+                     progress=not as_json and err_console.is_terminal)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:
@@ -63,29 +57,7 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
-def _model(model: str, weights: str | None):
-    """MODEL names the architecture; our checkpoints carry their own config, so a family name
-    accepts any width stored in the file, a full variant name must match it."""
-    from ..models import get_variant
-    from ..predict import is_export
-    from ..weights import create_model, load_checkpoint, read_weights
-    from ..weights.io import is_ours
-    if is_export(weights or model):  # an exported file runs in its own runtime
-        return weights or model
-    if weights is None and Path(model).suffix == ".safetensors":
-        return load_checkpoint(model)[0]
-    if weights and Path(weights).suffix == ".safetensors" and Path(weights).is_file() \
-            and is_ours(read_weights(weights)[1]):
-        net, meta = load_checkpoint(weights)
-        v, got = get_variant(model), net.config
-        if got.family != v.family or (model != v.family and got.width != v.width):
-            raise UsageError(f"{weights} holds {meta.variant or got.family} (family {got.family}, width {got.width}), "
-                             f"not {model}")
-        return net
-    return create_model(model, pretrained=weights or True)
-
-
-def _print(result) -> None:
+def _print(result: PredictResult) -> None:
     """One row per class; image paths relative to the folder they share (named in the title)."""
     paths = [p.path for p in result.predictions]
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""

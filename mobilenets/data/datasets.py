@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision import datasets as tv_datasets
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import UsageError
 from ..core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing, cifar, imagenet
@@ -224,7 +227,6 @@ class LazyImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def _transform(self):
-        from torchvision.transforms import v2 as T
         if self._tf is None:
             pre = self.pre
             interp = T.InterpolationMode(pre.interpolation)
@@ -278,8 +280,7 @@ def _cifar_dir(kind: str, root: Path, download: bool) -> Path:
     if base.is_dir():
         return base
     if download:
-        from torchvision import datasets
-        cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+        cls = tv_datasets.CIFAR10 if kind == "cifar10" else tv_datasets.CIFAR100
         try:
             root.mkdir(parents=True, exist_ok=True)
             cls(str(root), train=True, download=True)
@@ -292,24 +293,73 @@ def _cifar_dir(kind: str, root: Path, download: bool) -> Path:
                      f"(or run once online to download it)")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR's python files hold (dicts, lists, strings, numbers, numpy arrays) and
+    nothing else: a pickle names the callables it runs, and any name outside ``ALLOWED`` is
+    refused, so a crafted file cannot run code (``pickle.load`` would run whatever it names)."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    })
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="latin1")  # the files were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 pickles bytes at protocol 2
+            return _latin1_bytes
+        raise UsageError(f"{self.path} is not a CIFAR file: it asks to call {module}.{name}, which CIFAR's "
+                         f"pickles never do (refused: nothing in it was run)")
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of ``bytes`` call it, for latin-1 only."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def read_cifar_pickle(path: Path) -> dict:
+    """One of CIFAR's python files as a dict with ``str`` keys, never running code from it."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, path).load()
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a damaged pickle raises many types)
+        raise UsageError(f"{path} is not a readable CIFAR file: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(entry, dict):
+        raise UsageError(f"{path} is not a CIFAR file: it holds a {type(entry).__name__}, not a dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
 def load_cifar(kind: str, root: Path, train: bool, download: bool = True) -> ImageTensors:
-    """CIFAR-10/100 in torchvision's on-disk format (python pickles), as uint8 tensors."""
+    """CIFAR-10/100 in torchvision's on-disk format (python pickles), as uint8 tensors. The pickles
+    are read by a restricted unpickler (``read_cifar_pickle``): data files cannot run code."""
     base = _cifar_dir(kind, root, download)
     _, train_files, test_files, meta_file, names_key, labels_key = CIFAR_LAYOUT[kind]
     images, labels = [], []
+    for name in [*(train_files if train else test_files), meta_file]:
+        if not (base / name).is_file():
+            raise UsageError(f"{kind} file missing: {base / name}")
     for name in train_files if train else test_files:
         path = base / name
-        if not path.is_file():
-            raise UsageError(f"{kind} file missing: {path}")
+        entry = read_cifar_pickle(path)
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")  # noqa: S301  (torchvision's format is a pickle)
-        except Exception as exc:  # noqa: BLE001
-            raise UsageError(f"{path} is not a readable {kind} batch: {exc}") from None
-        images.append(torch.as_tensor(entry["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
-        labels += list(entry[labels_key])
-    with open(base / meta_file, "rb") as f:
-        class_names = list(pickle.load(f, encoding="latin1")[names_key])  # noqa: S301
+            images.append(torch.as_tensor(entry["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
+            labels += [int(y) for y in entry[labels_key]]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"{path} is not a {kind} batch: {type(exc).__name__} {exc}") from None
+    meta = read_cifar_pickle(base / meta_file)
+    if names_key not in meta:
+        raise UsageError(f"{base / meta_file} is not {kind}'s meta file: it has no {names_key!r}")
+    class_names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[names_key]]
     return ImageTensors(torch.cat(images), torch.tensor(labels, dtype=torch.int64), class_names)
 
 
@@ -383,7 +433,6 @@ def load_data(spec: str | DataSpec, *, resolution: int | None = None, preset: st
 
 
 def _resize(data: ImageTensors, res: int) -> ImageTensors:
-    from torchvision.transforms.v2 import functional as F
     data.images = F.resize(data.images, [res, res], antialias=True)
     return data
 

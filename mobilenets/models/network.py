@@ -7,6 +7,7 @@ which reference implementations round channels at widths other than 1.0.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -23,6 +24,10 @@ from .layers import ConvNormAct, create_act, make_divisible
 from .specs import FAMILIES, FamilySpec, Row
 
 CIFAR_STEM_STRIDES = 3  # the PyTorch MobileNetV3 seed: stride 1 in the stem and the next two stride-2 layers
+# Bounds that keep a typo (``--width 1e6``, ``--resolution 100000``) from allocating terabytes: far
+# above every published variant (width <= 1.4, resolution <= 224), far below what breaks a machine.
+MAX_WIDTH = 4.0
+MAX_RESOLUTION = 4096
 
 
 @dataclass
@@ -60,8 +65,12 @@ class ModelConfig:
     def validate(self) -> None:
         if self.family not in FAMILIES:
             raise UsageError(f"unknown family {self.family!r}; known: {', '.join(FAMILIES)}")
+        width_ok = isinstance(self.width, numbers.Real) and math.isfinite(self.width) and 0 < self.width <= MAX_WIDTH
+        resolution_ok = isinstance(self.resolution, numbers.Integral) and 0 < self.resolution <= MAX_RESOLUTION
         checks = [
-            (self.width > 0, f"width must be > 0, got {self.width}"),
+            (width_ok, f"width must be > 0 and at most {MAX_WIDTH:g}, got {self.width}"),
+            (resolution_ok, f"resolution must be a whole number of pixels, at most {MAX_RESOLUTION}, "
+                            f"got {self.resolution}"),
             (self.num_classes > 0, f"num_classes must be > 0, got {self.num_classes}"),
             (self.in_chans > 0, f"in_chans must be > 0, got {self.in_chans}"),
             (0 < self.identity_mult <= 1, f"identity_mult must be in (0, 1], got {self.identity_mult}"),
@@ -94,8 +103,8 @@ class MobileNet(nn.Module):
     """Any MobileNet: ``stem -> blocks -> head -> pool -> [pre_logits] -> dropout -> classifier``.
 
     ``checkpoint_meta`` says what the model is and how to feed it (``models.meta.CheckpointMeta``);
-    the loaders set it (``create_model``, ``load_checkpoint``, the converters, training), ``None``
-    on a bare ``MobileNet(config)``.
+    the loaders in ``weights`` set it (``create_model``, ``load_checkpoint``, the converters), and
+    training on the model it writes; it is ``None`` on a bare ``MobileNet(config)`` or ``build_model``.
     """
 
     checkpoint_meta: CheckpointMeta | None = None
@@ -216,3 +225,12 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP/DataParallel (``.module``) or ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

@@ -1,6 +1,7 @@
 """Names -> models, with the published figures of every variant.
 
-``create_model`` is the one entry point (the call shape users know from timm).
+``build_model`` builds an architecture by name; ``mobilenets.create_model`` (in ``weights``) is the
+public entry point that adds weights and metadata (the call shape users know from timm).
 Published MACs, params and ImageNet top-1 come from the source tables, cited per family.
 """
 from __future__ import annotations
@@ -10,8 +11,6 @@ import fnmatch
 from dataclasses import dataclass
 
 from ..core.errors import UsageError
-from ..core.preprocessing import default_preprocessing
-from .meta import CheckpointMeta
 from .network import MobileNet, ModelConfig
 from .specs import FAMILIES
 
@@ -107,9 +106,30 @@ VARIANTS: dict[str, Variant] = _build_variants()
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Variant names matching a shell-style pattern (``"mobilenet_v3*"``)."""
-    pat = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-    return [n for n in VARIANTS if fnmatch.fnmatch(n, pat)]
+    """Variant names matching ``pattern``, in registry order.
+
+    A shell pattern matches a whole name or any part of it that starts after an underscore, so
+    ``"v3*"`` finds every ``mobilenet_v3_*`` as ``"mobilenet_v3*"`` does; a pattern without
+    wildcards matches as a substring (``"mobilenext"``, ``"_075"``). Case is ignored.
+    """
+    pat = pattern.strip().lower()
+    if not any(c in pat for c in "*?["):
+        return [n for n in VARIANTS if pat in n]
+    return [n for n in VARIANTS if any(fnmatch.fnmatchcase(part, pat) for part in _tails(n))]
+
+
+def _tails(name: str) -> list[str]:
+    """``"a_b_c"`` -> ``["a_b_c", "b_c", "c"]``: the parts of a name a pattern may start at."""
+    parts = name.split("_")
+    return ["_".join(parts[i:]) for i in range(len(parts))]
+
+
+def match_models(pattern: str = "*") -> list[str]:
+    """``list_models(pattern)``, which must name at least one variant (else a ``UsageError``)."""
+    names = list_models(pattern)
+    if not names:
+        raise UsageError(f"no model matches {pattern!r}; `mobilenets list` shows them all")
+    return names
 
 
 def get_variant(name: str) -> Variant:
@@ -127,20 +147,17 @@ def model_config(name: str, width: float | None = None, resolution: int | None =
     if width is not None and v.name != v.family and width != v.width:
         raise UsageError(f"{name} has width {v.width}; pass width only with the base name {v.family!r}")
     return ModelConfig(family=v.family, width=v.width if width is None else width,
-                       resolution=resolution or v.resolution, **kwargs)
+                       resolution=v.resolution if resolution is None else resolution, **kwargs)
 
 
 def build_model(name: str, width: float | None = None, num_classes: int = 1000, resolution: int | None = None,
                 **kwargs) -> MobileNet:
-    """The architecture ``name`` with freshly initialised weights (no weights are loaded here:
-    ``mobilenets.create_model(..., pretrained=...)`` in ``weights`` does that on top of this).
+    """The architecture ``name`` with freshly initialised weights and no metadata: loading weights
+    and saying how to feed the model (``checkpoint_meta``) is the loaders' job
+    (``mobilenets.create_model`` in ``weights`` builds on this).
 
     ``build_model("mobilenet_v2", width=0.5, num_classes=10)``; ``build_model("mobilenet_v1_025_128")``.
     Other options: ``in_chans``, ``dropout``, ``cifar_stem``, ``tf_same``, ``bn_eps``,
     ``identity_mult`` (MobileNeXt).
     """
-    config = model_config(name, width, resolution, num_classes=num_classes, **kwargs)
-    model = MobileNet(config)
-    model.checkpoint_meta = CheckpointMeta(name, config, default_preprocessing(config.resolution,
-                                                                             cifar_stem=config.cifar_stem))
-    return model
+    return MobileNet(model_config(name, width, resolution, num_classes=num_classes, **kwargs))

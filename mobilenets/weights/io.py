@@ -14,25 +14,19 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..core.errors import UsageError
 from ..core.files import atomic_write
 from ..core.preprocessing import Preprocessing, cifar, imagenet
 from ..models.meta import FORMAT, CheckpointMeta
-from ..models.network import MobileNet, ModelConfig
+from ..models.network import MobileNet, ModelConfig, unwrap
+from ..models.registry import VARIANTS
 
 SAFETENSORS = (".safetensors",)
 PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP/DataParallel (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing: Preprocessing | None = None,
@@ -43,8 +37,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing:
     Defaults come from ``model.checkpoint_meta`` when the model was loaded from a checkpoint,
     else ImageNet preprocessing at the model's resolution (CIFAR's for a CIFAR stem).
     """
-    from safetensors.torch import save
-
     model = unwrap(model)
     if not isinstance(getattr(model, "config", None), ModelConfig):
         raise UsageError(f"save_checkpoint needs a MobileNet, got {type(model).__name__}")
@@ -69,33 +61,50 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing:
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, safetensors metadata) of a weights file, never running code from it.
 
-    ``.pth``-style files go through ``torch.load(weights_only=True)``; the usual wrappers
-    (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped.
+    safetensors files hold tensors only; anything else goes through ``torch.load(weights_only=True)``,
+    whose unpickler builds tensors and plain containers and refuses every other object. The usual
+    wrappers (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped. A file that is neither
+    (text, an image, a damaged download) is a one-line ``UsageError`` naming it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise UsageError(f"no such checkpoint: {path}")
     if path.suffix in (".h5", ".keras"):
         raise UsageError(f"{path} is a Keras file: convert it with "
-                         f"`mobilenets convert {path} --from keras --model NAME --to OUT.safetensors`")
+                         f"`mobilenets convert {path} --from keras --model NAME -o OUT.safetensors`")
     if path.suffix in SAFETENSORS or _is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         try:
-            from safetensors import safe_open
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UsageError(f"{path} is not a readable safetensors file: {' '.join(str(exc).split())}") from None
+            raise UsageError(f"{path} is not a readable safetensors file: {_one_line(exc)}") from None
+    if not _is_torch_file(path):
+        raise UsageError(f"{path} is not a checkpoint: neither a safetensors file nor a PyTorch file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} needs code to unpickle and weights_only loading refused it ({first})") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise UsageError(f"{path} is not a readable PyTorch checkpoint: {' '.join(str(exc).split())[:200]}") from None
+        raise UsageError(f"{path} needs code to unpickle and weights_only loading refused it "
+                         f"({_one_line(exc, first=True)})") from None
+    except Exception as exc:  # noqa: BLE001 -- a damaged file raises KeyError, RuntimeError, EOFError...
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint: {_one_line(exc)}") from None
     return _unwrap_state_dict(obj, path), {}
+
+
+def _one_line(exc: BaseException, first: bool = False, limit: int = 200) -> str:
+    text = str(exc).strip()
+    if first:
+        text = text.splitlines()[0] if text else ""
+    return " ".join(text.split())[:limit] or type(exc).__name__
+
+
+def _is_torch_file(path: Path) -> bool:
+    """``torch.save`` writes a zip archive (``PK``) or, in the legacy format, a pickle (0x80, protocol)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:2] == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -110,8 +119,8 @@ def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UsageError(f"{path} holds no state dict of tensors")
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path} is not a state dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -135,7 +144,7 @@ def from_weights(tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, 
     config = meta.config or config
     if config is None:
         raise UsageError(f"{what} has no mobilenets metadata; if it comes from torchvision, timm or Keras, "
-                         f"convert it: `mobilenets convert {what} --from FORMAT --model NAME --to OUT.safetensors`")
+                         f"convert it: `mobilenets convert {what} --from FORMAT --model NAME -o OUT.safetensors`")
     meta.config = config
     model = MobileNet(config)
     load_strict(model, tensors, what=what, name=meta.variant)
@@ -176,8 +185,6 @@ def suggest_variant(state_dict: dict[str, torch.Tensor], prefer: str | None = No
     A family whose key names differ at its first width is skipped whole, so an error costs a
     handful of model builds, not one per registry entry. ``prefer``: a family to try first.
     """
-    from ..models.registry import VARIANTS
-
     head = state_dict.get("classifier.weight")
     stem = state_dict.get("stem.conv.weight")
     if head is None or stem is None or head.ndim != 2 or stem.ndim != 4:

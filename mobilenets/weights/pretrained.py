@@ -7,18 +7,13 @@ from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.preprocessing import default_preprocessing
+from ..models.meta import CheckpointMeta
 from ..models.network import MobileNet, ModelConfig
 from ..models.registry import build_model, model_config
 from . import sources
 from .convert import convert
 from .hub import fetch
-from .io import (
-    CheckpointMeta,
-    from_weights,
-    is_ours,
-    read_weights,
-    save_checkpoint,
-)
+from .io import from_weights, is_ours, read_weights, save_checkpoint
 from .sources import FORMATS, WeightSource, find_source, sources_for
 
 
@@ -32,7 +27,11 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, width:
     or a path to a checkpoint.
     """
     if not pretrained:
-        return build_model(name, width, num_classes, resolution, **kwargs)
+        model = build_model(name, width, num_classes, resolution, **kwargs)
+        config = model.config
+        model.checkpoint_meta = CheckpointMeta(name, config, default_preprocessing(config.resolution,
+                                                                                 cifar_stem=config.cifar_stem))
+        return model
     config = model_config(name, width, resolution, num_classes=num_classes, **kwargs)
     return load_pretrained(name, config, pretrained)
 
@@ -113,7 +112,7 @@ def guess_format(tensors: dict, path: Path | str = "checkpoint") -> str:
     if "conv_stem.weight" in tensors:
         return "timm"
     raise UsageError(f"cannot tell which implementation wrote {path} (first key {keys[0] if keys else None!r}); "
-                     f"use `mobilenets convert {path} --from torchvision|timm|keras --model NAME --to OUT.safetensors`")
+                     f"use `mobilenets convert {path} --from torchvision|timm|keras --model NAME -o OUT.safetensors`")
 
 
 def resolve_source(fmt: str, name: str, width: float | None, path: Path | None = None

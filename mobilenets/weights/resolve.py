@@ -19,9 +19,9 @@ from torch import nn
 from ..core.errors import UsageError
 from ..core.preprocessing import Preprocessing, default_preprocessing
 from ..models.meta import CheckpointMeta
-from ..models.network import MobileNet, ModelConfig
+from ..models.network import MobileNet, ModelConfig, unwrap
 from ..models.registry import get_variant
-from .io import from_weights, is_ours, load_checkpoint, read_weights, unwrap
+from .io import from_weights, is_ours, load_checkpoint, read_weights
 from .pretrained import create_model
 
 # Files that run in their own runtime (deploy.runtimes); the sidecar says how to feed them.

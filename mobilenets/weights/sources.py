@@ -6,13 +6,18 @@ timm ``models/efficientnet.py``/``mobilenetv3.py`` (URLs, pretrained cfgs) with 
 timm's ``results/results-imagenet.csv``, and Keras ``src/applications/mobilenet*.py``
 (URLs, md5 of the V3 files) with top-1 from the TF-slim/Keras tables.
 
-Hashes, honestly:
-- torchvision and timm release files follow the torch.hub convention ``name-<sha256[:8]>.pth``
-  (timm's ``clean_checkpoint.py`` writes the same suffix), so only that **prefix** of the
-  sha256 is public; we verify the prefix.
-- Keras publishes the **md5** of the MobileNetV3 files (``WEIGHTS_HASHES``) and no hash for the
-  V1/V2 files; timm's Hugging Face-only files have no hash in timm's code. Those are
-  downloaded unverified beyond what is listed here.
+Hashes, honestly: each entry carries the strongest digest its publisher gives, and ``hash_kind``
+says which one a download is checked against (``hub.hash_kind``):
+- ``sha256-prefix``: torchvision and timm's GitHub release files follow the torch.hub convention
+  ``name-<sha256[:8]>.pth`` (timm's ``clean_checkpoint.py`` writes the same suffix); that prefix
+  is all they publish, and it is checked as ``torch.hub.check_hash`` checks it. Eight hex digits
+  catch a damaged or wrong file, not a forged one.
+- ``md5``: Keras publishes the md5 of its MobileNetV3 files (``WEIGHTS_HASHES``).
+- ``none``: Keras publishes no hash for its MobileNet V1/V2 files, and timm's code none for its
+  Hugging Face-only file (``mobilenetv1_100.ra4_e3600_r224_in1k``; the Hub's LFS sha256 is not
+  recorded here because it could not be checked when this table was written). These are
+  downloaded unverified.
+- ``sha256`` (a full digest) is checked whenever an entry gives one.
 
 ``tf`` marks timm's ports of TF checkpoints (``tf_*``): the converter then builds our model
 with TF "same" padding and BatchNorm eps 1e-3 (``convert.source_options`` has the rules).
@@ -25,6 +30,7 @@ from dataclasses import dataclass, replace
 from ..core.errors import UsageError
 from ..core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 from ..models.registry import VARIANTS, model_config
+from .hub import hash_kind
 
 FORMATS = ("torchvision", "timm", "keras")
 
@@ -45,6 +51,11 @@ class WeightSource:
     resolution: int = 224          # the resolution the weights were trained and evaluated at
     reference: str = ""            # the reference implementation's name for the model
     tf: bool = False               # a timm ``tf_*`` port of TF weights
+
+    @property
+    def hash_kind(self) -> str:
+        """What a download of this file is verified against: "sha256", "sha256-prefix", "md5" or "none"."""
+        return hash_kind(self.sha256, self.md5)
 
 
 def _pre(crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear", resolution=224):
