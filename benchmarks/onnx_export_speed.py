@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import tempfile
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -43,9 +42,8 @@ def pair(name: str, seed: int = 0):
 
 def torchvision_onnx(tv: torch.nn.Module, path: Path, res: int = 224) -> Path:
     """torchvision's model exported the way its users do: ``torch.onnx.export`` with its defaults."""
-    from mobilenets.deploy.export import _quiet
-    with warnings.catch_warnings(), _quiet():
-        warnings.simplefilter("ignore")
+    from mobilenets.deploy.common import quiet
+    with quiet():
         torch.onnx.export(tv, (torch.zeros(1, 3, res, res),), str(path), dynamo=True, input_names=["input"],
                           output_names=["logits"])
     return path

@@ -4,6 +4,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
+import stat
+import time
 from collections import Counter
 
 import numpy as np
@@ -120,6 +123,7 @@ def test_tflite_export_nhwc_native_hard_swish(model, tmp_path):
     assert s.backend == "litert" and s.input_layout == "NHWC"
     ops = Counter(o["op_name"] for o in s.interp._get_ops_details())
     assert ops["HARD_SWISH"] > 0 and not ops["TRANSPOSE"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([result.path.name, result.sidecar.name])
 
 
 @needs["onnx"]
@@ -162,3 +166,105 @@ def test_cli_export(model, tmp_path):
     assert bad.exit_code == 2 and "unknown export format" in bad.output
     bad = CliRunner().invoke(app, ["export", str(ckpt), "--int8"])
     assert bad.exit_code == 2 and "calibration" in bad.output
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs["onnx"]),
+                                 pytest.param("openvino", marks=needs["openvino"])])
+def test_export_cleans_what_a_killed_export_left_and_respects_the_umask(model, tmp_path, fmt):
+    """A SIGKILL mid-export leaves its staging folder behind: the next export into the folder
+    removes it once it is stale. Files get 0666 less the umask, as a plain open() gives."""
+    stale = tmp_path / ".staging-killed"
+    stale.mkdir()
+    (stale / "fp32.onnx").write_bytes(b"half a file")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    mask = os.umask(0o027)
+    try:
+        result = export(model, fmt, tmp_path)
+    finally:
+        os.umask(mask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in [*result.files, result.sidecar])
+    for f in [*result.files, result.sidecar]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
+
+
+def test_export_checks_its_request_before_any_work(model, tmp_path, monkeypatch):
+    """Bad values are one-line UsageErrors raised before the model is resolved or any data read."""
+    work = []
+    monkeypatch.setattr(export_mod, "resolve_model", lambda *a, **k: work.append("resolve"))
+    monkeypatch.setattr(export_mod, "load_images", lambda *a, **k: work.append("calibration"))
+    (tmp_path / "a_file").write_text("not a folder")
+    cases = [
+        (dict(int8=True, calib="/no/such/dir", min_agreement=2), "min_agreement"),
+        (dict(int8=True, calib="/no/such/dir", min_agreement=-0.1), "min_agreement"),
+        (dict(int8=True, calib="/no/such/dir", calib_size=0), "calib_size"),
+        (dict(opset=12), "opset 12"),
+        (dict(output=tmp_path / "a_file" / "m.onnx"), "a_file is a file"),
+        (dict(output=tmp_path / "a_file"), "a_file is a file"),
+        (dict(batch="2"), "batch"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UsageError, match=message) as err:
+            export(model, "onnx", kw.pop("output", tmp_path / "out"), **kw)
+        assert "\n" not in str(err.value)
+    assert work == [] and not (tmp_path / "out").exists()
+
+
+@needs["onnx"]
+def test_export_takes_what_resolve_model_takes(model, tmp_path):
+    """A training run directory exports its best checkpoint; an exported file is not a model to export."""
+    from mobilenets.weights.io import save_checkpoint
+    save_checkpoint(tmp_path / "run" / "best.safetensors", model, class_names=[f"c{i}" for i in range(10)])
+    result = export(tmp_path / "run", "onnx", tmp_path / "out")
+    assert result.verification["max_abs_diff"] <= 1e-4
+    assert open_session(result.path).class_names[9] == "c9"
+    with pytest.raises(UsageError, match="exported file already"):
+        export(result.path, "onnx", tmp_path / "again")
+
+
+def one_line_error(res, code: int = 2) -> str:
+    """The CLI's failure: ``code``, one line, no traceback."""
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    return res.output
+
+
+@pytest.fixture
+def ckpt(model, tmp_path):
+    from mobilenets.weights.io import save_checkpoint
+    return str(save_checkpoint(tmp_path / "m.safetensors", model))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--int8", "--calib", "CALIB", "--min-agreement", "2"], "--min-agreement"),
+    (["--int8", "--calib", "CALIB", "--calib-size", "0"], "--calib-size"),
+    (["-o", "FILE/x.onnx"], "is a file"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "two"], "--batch-size"),
+])
+def test_cli_bad_export_requests_are_one_line(ckpt, tmp_path, args, message):
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "FILE").write_text("a file")
+    args = [a.replace("CALIB", str(tmp_path / "calib")).replace("FILE", str(tmp_path / "FILE")) for a in args]
+    res = CliRunner().invoke(app, ["export", ckpt, *args])
+    assert message in one_line_error(res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE", "calib", "m.safetensors"]
+
+
+def test_cli_export_weights_that_are_not_a_checkpoint(tmp_path):
+    text = tmp_path / "x.pth"
+    text.write_text("not a checkpoint\n")
+    res = CliRunner().invoke(app, ["export", "mobilenet_v3_small", "-w", str(text), "-o", str(tmp_path / "out")])
+    assert "x.pth" in one_line_error(res)
+    assert not (tmp_path / "out").exists()
+
+
+@needs["onnx"]
+def test_cli_batch_size_and_its_old_spelling(ckpt, tmp_path):
+    res = CliRunner().invoke(app, ["export", ckpt, "--batch-size", "dynamic", "-o", str(tmp_path / "a"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert open_session(json.loads(res.stdout)["path"]).fixed_batch is None
+    res = CliRunner().invoke(app, ["export", ckpt, "--batch", "2", "-o", str(tmp_path / "b"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert open_session(json.loads(res.stdout)["path"]).fixed_batch == 2
+    assert "--batch-size" in CliRunner().invoke(app, ["export", "--help"]).output

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import export_mod, needs, trained_like
+from test_export import needs, trained_like
 from typer.testing import CliRunner
 
 from mobilenets.cli import app
+from mobilenets.cli import deploy as cli_deploy
 from mobilenets.core.errors import UsageError
 from mobilenets.core.preprocessing import imagenet
+from mobilenets.deploy import runtimes
 from mobilenets.deploy.calibration import load_images
 from mobilenets.deploy.export import VerificationError, export
 from mobilenets.deploy.runtimes import open_session
@@ -98,9 +104,13 @@ def test_tflite_int8(model, image_dir, tmp_path):
 
 
 @needs["onnx"]
-def test_int8_below_the_agreement_floor_is_discarded(model, image_dir, tmp_path):
+def test_int8_below_the_agreement_floor_is_discarded(model, image_dir, tmp_path, monkeypatch):
+    """A runtime whose top-1 disagrees with PyTorch (its logits shifted by one class) fails the
+    floor, and the quantized file is not kept."""
+    shifted = runtimes.OrtSession._run
+    monkeypatch.setattr(runtimes.OrtSession, "_run", lambda self, x: np.roll(shifted(self, x), 1, axis=1))
     with pytest.raises(VerificationError, match="agrees with PyTorch"):
-        export(model, "onnx", tmp_path, int8=True, calib=image_dir, min_agreement=1.01)
+        export(model, "onnx", tmp_path, int8=True, calib=image_dir, min_agreement=0.5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -119,7 +129,28 @@ def test_cli_verification_failure_exits_1(model, tmp_path, monkeypatch):
 
     def failing(*a, **kw):
         raise VerificationError("int8 model agrees with PyTorch on top-1 for 10% of 24 images")
-    monkeypatch.setattr(export_mod, "export", failing)
+    monkeypatch.setattr(cli_deploy, "export", failing)
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model)
     bad = CliRunner().invoke(app, ["export", str(ckpt), "--int8", "--calib", str(tmp_path)])
     assert bad.exit_code == 1 and "verification failed" in bad.output
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs["onnx"]),
+                                 pytest.param("openvino", marks=needs["openvino"])])
+def test_cli_export_prints_its_own_lines_only(model, image_dir, tmp_path, fmt):
+    """In a real process (no pytest log capture), the quantizers' log lines (ORT's ``WARNING:root:``,
+    NNCF's INFO lines), colour codes and C++ warnings stay out; stderr holds one line per finished step."""
+    from mobilenets.weights.io import save_checkpoint
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "mobilenets", "export", str(ckpt), "--format", fmt, "--int8",
+                           "--calib", str(image_dir), "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    both = proc.stdout + proc.stderr
+    assert "WARNING:root" not in both and "INFO:nncf" not in both and "\x1b[" not in both, both
+    steps = [line.split(": done in ")[0] for line in proc.stderr.strip().splitlines()]
+    assert steps == ["read calibration data", "trace", "write", "calibrate and quantize", "verify", "install"], \
+        proc.stderr
+    assert "top-1 agreement" in proc.stdout

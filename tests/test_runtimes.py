@@ -8,7 +8,9 @@ import torch
 from mobilenets import create_model
 from mobilenets.core.errors import UsageError
 from mobilenets.deploy import runtimes
+from mobilenets.deploy.export import export
 from mobilenets.deploy.runtimes import BACKENDS, available_backends, interleaved_latency, open_session
+from mobilenets.weights.io import save_checkpoint
 
 INSTALLED = available_backends()
 
@@ -42,7 +44,6 @@ def test_bf16_torch_session_is_close():
 
 
 def test_checkpoint_session_reads_metadata(tmp_path):
-    from mobilenets.weights.io import save_checkpoint
     model = _model()
     path = save_checkpoint(tmp_path / "m.safetensors", model, class_names=[f"c{i}" for i in range(10)])
     s = open_session(path)
@@ -104,3 +105,38 @@ def test_a_module_opens_on_another_backend():
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
     assert s.backend == "onnxruntime" and s.fixed_batch is None
     np.testing.assert_allclose(s.run(x), open_session(model).run(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("backend, nhwc", [
+    pytest.param("onnxruntime", False, marks=pytest.mark.skipif(INSTALLED["onnxruntime"] is None, reason="no ORT")),
+    pytest.param("onnxruntime", True, marks=pytest.mark.skipif(INSTALLED["onnxruntime"] is None, reason="no ORT")),
+    pytest.param("openvino", True, marks=pytest.mark.skipif(INSTALLED["openvino"] is None, reason="no openvino")),
+])
+def test_an_export_without_its_sidecar_takes_its_input_from_the_graph(tmp_path, backend, nhwc):
+    """Without the JSON sidecar a session still knows the file's input: shape, layout and resolution
+    (a 32 px model is fed 32 px images, not a default 224)."""
+    model = create_model("mobilenet_v3_small", width=0.35, num_classes=5, resolution=32).eval()
+    fmt = {"onnxruntime": "onnx", "openvino": "openvino"}[backend]
+    result = export(model, fmt, tmp_path, nhwc=nhwc, verify=False)
+    result.sidecar.unlink()
+    s = open_session(result.path)
+    assert s.backend == backend and s.preprocessing is None and s.meta == {}
+    assert s.input_shape == ((1, 32, 32, 3) if nhwc else (1, 3, 32, 32))
+    assert s.resolution == 32 and s.input_layout == ("NHWC" if nhwc else "NCHW") and s.fixed_batch == 1
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(s.run(x), open_session(model).run(x), atol=1e-4)
+
+
+def test_sessions_take_what_resolve_model_takes(tmp_path):
+    """A training run directory opens its best checkpoint; a checkpoint opens on another backend."""
+    model = _model()
+    save_checkpoint(tmp_path / "run" / "best.safetensors", model, class_names=[f"c{i}" for i in range(10)])
+    s = open_session(tmp_path / "run")
+    assert s.backend == "torch" and s.class_names[3] == "c3" and s.input_shape == (None, 3, 64, 64)
+    if INSTALLED["onnxruntime"] is not None:
+        x = np.random.default_rng(2).standard_normal((2, 3, 64, 64), dtype=np.float32)
+        o = open_session(tmp_path / "run" / "best.safetensors", "onnxruntime")
+        assert o.backend == "onnxruntime" and o.class_names[3] == "c3" and o.resolution == 64 and o.path is None
+        np.testing.assert_allclose(o.run(x), s.run(x), atol=1e-4)
+    with pytest.raises(UsageError, match="not a training run directory"):
+        open_session(tmp_path)

@@ -1,21 +1,31 @@
 """The ``export`` verb: a thin layer over ``mobilenets.deploy.export``.
 
 Exit codes: 0 exported and verified, 1 the export failed verification (nothing written),
-2 bad input (including a runtime or converter that is not installed).
+2 bad input (including a runtime or converter that is not installed). Progress goes to stderr:
+a status line on a terminal, one line per finished step otherwise; the result (a table, or JSON
+with ``--json``) to stdout.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import sys
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from . import console, fail
+from ..core.errors import UsageError
+from ..deploy.calibration import DEFAULT_CALIB_SIZE
+from ..deploy.common import Steps
+from ..deploy.export import VerificationError, export
+from . import options
+from .common import console, fail
 
 
-def _batch(value: str) -> int | str:
+def parse_batch(value: str) -> int | str:
+    """``--batch-size``: a positive integer or "dynamic"."""
     if value == "dynamic":
         return value
     try:
@@ -23,26 +33,65 @@ def _batch(value: str) -> int | str:
     except ValueError:
         n = 0
     if n < 1:
-        fail(f"--batch takes a positive integer or 'dynamic', got {value!r}")
+        raise UsageError(f"--batch-size takes a positive integer or 'dynamic', got {value!r}")
     return n
 
 
+class Progress(Steps):
+    """Export steps on stderr: on a terminal, a spinner naming the running step; every finished
+    step as one line (plain text when stderr is not a terminal)."""
+
+    def __init__(self, stream=None):
+        self._own = None
+        if stream is None and sys.stderr.isatty():
+            # a copy of the terminal's descriptor: converters run with fd 2 silenced, the spinner keeps going
+            stream = self._own = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        self.console = Console(file=stream or sys.stderr, highlight=False)
+        self.status = None
+
+    def start(self, name: str) -> None:
+        if not self.console.is_terminal:
+            return
+        if self.status is None:
+            self.status = self.console.status(f"{name}...")
+            self.status.start()
+        else:
+            self.status.update(f"{name}...")
+
+    def done(self, name: str, seconds: float) -> None:
+        self.console.print(f"{name}: done in {seconds:.1f}s")
+
+    def log(self, message: str) -> None:
+        self.console.print(message)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+
 def export_cmd(
-    model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`) or a .safetensors checkpoint")],
+    model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a checkpoint "
+                                         "(.safetensors, .pth) or a training run directory")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx, openvino or tflite")] = "onnx",
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file or source tag "
                                                 "(default: the model's published weights; 'random': none)")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="post-training int8 quantization (needs --calib)")] = False,
     calib: Annotated[str | None, typer.Option("--calib", help="calibration images: a folder (class folders or "
                                               "plain images) or a dataset spec as in `train --data`")] = None,
-    calib_size: Annotated[int, typer.Option(help="how many calibration images")] = 300,
+    calib_size: Annotated[int, typer.Option(help="how many calibration images (at least 1)")] = DEFAULT_CALIB_SIZE,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 (openvino) or int8")] = None,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: the model's)")] = None,
-    batch: Annotated[str, typer.Option(help="batch size or 'dynamic'")] = "1",
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="batch size of the file, or 'dynamic'")] = "1",
+    batch_alias: Annotated[str | None, typer.Option("--batch", hidden=True)] = None,
     nhwc: Annotated[bool, typer.Option("--nhwc", help="N x H x W x C input (TFLite's native layout)")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="output file or directory")] = None,
+    output: options.Output = None,
     report: Annotated[bool, typer.Option("--report", help="int8: size, accuracy and latency vs fp32")] = False,
-    min_agreement: Annotated[float, typer.Option(help="int8/bf16: least top-1 agreement with PyTorch")] = 0.5,
+    min_agreement: Annotated[float, typer.Option(help="int8/bf16: least top-1 agreement with PyTorch, "
+                                                 "in [0, 1]")] = 0.5,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the runtime check (not advised)")] = False,
     qat_epochs: Annotated[int, typer.Option(help="int8: epochs of quantization-aware fine-tuning on --calib "
                                             "(labelled: a dataset spec or class folders); 0 = post-training "
@@ -50,23 +99,29 @@ def export_cmd(
     qat_lr: Annotated[float | None, typer.Option(help="QAT learning rate (SGD, cosine; default 1e-3)")] = None,
     qat_images: Annotated[int | None, typer.Option(help="QAT: at most this many training images per epoch "
                                                    "(default 10000)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    as_json: options.Json = False,
 ) -> None:
-    """Export to ONNX, OpenVINO IR or TFLite, verified in its runtime against PyTorch."""
-    from ..deploy.export import VerificationError, export
-    from .weights import _model
-
-    net = _random(model) if weights in ("random", "none") else _model(model, weights)
+    """Export to ONNX, OpenVINO IR or TFLite, verified in its runtime against PyTorch (-o: a file or a folder)."""
+    batch = parse_batch(batch_alias if batch_alias is not None else batch_size)
+    progress = Progress()
     try:
-        result = export(net, format, output, int8=int8, calib=calib, resolution=resolution, batch=_batch(batch),
-                        precision=precision, nhwc=nhwc, verify=not no_verify, calib_size=calib_size,
+        result = export(model, format, output, weights=weights, int8=int8, calib=calib, resolution=resolution,
+                        batch=batch, precision=precision, nhwc=nhwc, verify=not no_verify, calib_size=calib_size,
                         min_agreement=min_agreement, report=report, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                        qat_max_images=-1 if qat_images is None else qat_images)
+                        qat_max_images=-1 if qat_images is None else qat_images, steps=progress)
     except VerificationError as exc:
+        progress.close()
         fail(f"verification failed: {exc}", code=1)
+    finally:
+        progress.close()
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
         return
+    console.print(result_table(result))
+
+
+def result_table(result) -> Table:
+    """The export's file, verification, QAT and int8 report as a two-column table."""
     v = result.verification
     table = Table(title=f"exported {result.path.name}", show_header=False)
     table.add_row("file", str(result.path))
@@ -95,14 +150,7 @@ def export_cmd(
         lat = r["latency_ms"]
         table.add_row("latency fp32 / int8", f"{lat['fp32']['median_ms']:.2f} / {lat['int8']['median_ms']:.2f} ms "
                       f"({r['speedup']:.2f}x, {r['threads']} thread, batch 1)")
-    console.print(table)
-
-
-def _random(model: str):
-    from ..weights import create_model
-    if Path(model).suffix == ".safetensors":
-        fail("--weights random takes a model name, not a checkpoint")
-    return create_model(model)
+    return table
 
 
 def register(app: typer.Typer) -> None:

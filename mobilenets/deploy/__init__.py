@@ -5,10 +5,16 @@
     session = open_session(result.path, threads=1)
     logits = session.run(batch_nchw_float32)
 
-Runtimes are imported only when used: a missing one is a ``UsageError`` naming its pip package.
+The modules, each importing only those before it: ``graph`` (the inference module, ONNX
+rewrites), ``calibration`` (images for calibration and checks), ``common`` (formats, errors,
+sidecar, progress, ``quiet``), ``convert`` (torch -> ONNX / OpenVINO / TFLite files),
+``runtimes`` (sessions), ``quantize`` (post-training int8), ``qat`` (quantization-aware
+fine-tuning), ``export`` (all of it, verified and installed atomically). Optional runtimes are
+imported only when used: a missing one is a ``UsageError`` naming its pip package.
 """
-from .export import FORMATS, ExportResult, VerificationError, export
+from .common import ExportError, Steps, VerificationError
+from .export import FORMATS, ExportResult, export, qat_finetune
 from .runtimes import BACKENDS, Session, available_backends, open_session
 
-__all__ = ["BACKENDS", "FORMATS", "ExportResult", "Session", "VerificationError", "available_backends", "export",
-           "open_session"]
+__all__ = ["BACKENDS", "FORMATS", "ExportError", "ExportResult", "Session", "Steps", "VerificationError",
+           "available_backends", "export", "open_session", "qat_finetune"]

@@ -1,10 +1,10 @@
 """Images for calibration and verification, as NCHW float32 arrays preprocessed like the model.
 
 Quantizers need a few hundred representative inputs and verification needs labelled ones when
-they exist. A spec is what ``train --data`` takes: when ``mobilenets.data.datasets`` is present
-its parser is used (``folder:PATH``, ``cifar10:PATH``, ``synthetic``...); a plain directory is
-always accepted here, read recursively, class folders giving labels (ImageFolder layout) and a
-flat folder of images giving unlabelled inputs.
+they exist. A spec is what ``train --data`` takes (``folder:PATH``, ``cifar10:PATH``,
+``synthetic``..., parsed by ``mobilenets.data.datasets``); a plain directory is read here,
+recursively, class folders giving labels (ImageFolder layout) and a flat folder of images giving
+unlabelled inputs.
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from ..core.errors import UsageError
 from ..core.preprocessing import Preprocessing
+from ..data import datasets
 from ..data.transforms import eval_transform
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -53,12 +56,9 @@ def load_images(spec: str | os.PathLike | np.ndarray | ImageSet, preprocessing: 
         return ImageSet(arr[:limit] if limit else arr, source="array")
     path = Path(spec)
     if (not path.exists() and ":" in str(spec)) or (path / "train").is_dir():
-        from_datasets = _from_datasets(str(spec), preprocessing, limit, seed)
-        if from_datasets is not None:
-            return from_datasets
+        return _from_datasets(str(spec), preprocessing, limit, seed)
     if not path.is_dir():
-        raise UsageError(f"calibration data {str(spec)!r}: no such directory of images"
-                         + ("" if ":" not in str(spec) else " (dataset specs need mobilenets.data.datasets)"))
+        raise UsageError(f"calibration data {str(spec)!r}: no such directory of images")
     files, labels, names = _list_folder(path)
     if not files:
         raise UsageError(f"no images under {path} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -66,7 +66,6 @@ def load_images(spec: str | os.PathLike | np.ndarray | ImageSet, preprocessing: 
     files = [files[i] for i in order]
     tf = eval_transform(preprocessing)
     images, kept, bad = [], [], []
-    from PIL import Image
     for i, f in zip(order, files, strict=True):
         try:
             with Image.open(f) as im:
@@ -106,16 +105,9 @@ def _interleaved_sample(labels: list[int], limit: int | None, seed: int) -> list
     return out
 
 
-def _from_datasets(spec: str, preprocessing: Preprocessing, limit: int | None, seed: int) -> ImageSet | None:
-    """A ``train --data`` spec through ``mobilenets.data.datasets`` (None when that module is absent).
-
-    Calibration images come from the training split (the validation split when there is none),
-    normalised with the model's own preprocessing.
-    """
-    try:
-        from ..data import datasets
-    except ImportError:
-        return None
+def _from_datasets(spec: str, preprocessing: Preprocessing, limit: int | None, seed: int) -> ImageSet:
+    """A ``train --data`` spec through ``mobilenets.data.datasets``: images of the training split
+    (the validation split when there is none), normalised with the model's own preprocessing."""
     splits = datasets.load_data(spec, resolution=preprocessing.resolution, seed=seed)
     part = splits.train if len(splits.train) else splits.val
     n = len(part)
@@ -123,7 +115,6 @@ def _from_datasets(spec: str, preprocessing: Preprocessing, limit: int | None, s
     random.Random(seed).shuffle(idx)
     idx = sorted(idx[:limit] if limit else idx)
     if isinstance(part, datasets.ImageTensors):
-        import torch
         images = part.images[torch.tensor(idx, dtype=torch.long)].float().div_(255)
         mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
@@ -132,7 +123,6 @@ def _from_datasets(spec: str, preprocessing: Preprocessing, limit: int | None, s
         return ImageSet(arr, labels, list(part.class_names), spec)
     files = [Path(part.files[i]) for i in idx]
     tf = eval_transform(preprocessing)
-    from PIL import Image
     images = []
     for f in files:
         with Image.open(f) as im:

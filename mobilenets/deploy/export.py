@@ -1,46 +1,57 @@
 """Export a MobileNet to ONNX, OpenVINO IR or TFLite, verified in its runtime before it is kept.
 
-The steps of ``export``: build the inference graph (``graph.deploy_module``: BN folded, dropout
-gone, global pools, head as 1x1 convs, native hard-swish), convert it, quantize it when asked,
-load the result in its runtime and compare with the PyTorch model on the same inputs, then move
-the file(s) and a JSON sidecar into place. Everything is written into a temporary directory next
-to the output and renamed at the end, so a failed conversion or verification leaves nothing
-behind under the real name and a reader never sees half a file.
+The steps of ``export``: check the request (before any slow work), resolve the model
+(``weights.resolve_model``), build the inference graph (``graph.deploy_module``: BN folded,
+dropout gone, global pools, head as 1x1 convs, native hard-swish), convert it (``convert``),
+quantize it when asked (``quantize``, or ``qat`` for quantization-aware fine-tuning), load the
+result in its runtime and compare with the PyTorch model on the same inputs, then move the
+file(s) and a JSON sidecar into place. Everything is written into a staging folder beside the
+output (``core.files.staging_dir``) and published at the end with the umask's permissions, so a
+failed conversion or verification leaves nothing behind under the real name, a reader never
+sees half a file, and the folder a killed export leaves is cleaned by the next one.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..core.errors import UsageError
-from ..core.preprocessing import Preprocessing, cifar, imagenet
+from ..core.files import check_parent, publish, staging_dir
 from ..models.network import MobileNet
+from ..train.report import Reporter
+from ..weights.resolve import resolve_model
+from . import qat
 from .calibration import DEFAULT_CALIB_SIZE, ImageSet, load_images, random_inputs
-from .graph import deploy_module, reduce_mean_to_global_pool, strip_metadata
+from .common import (
+    DEFAULT_OPSET,
+    FORMATS,
+    NO_STEPS,
+    RUNTIME,
+    SIDECAR_FORMAT,
+    SUFFIX,
+    ExportError,
+    Steps,
+    VerificationError,
+    export_meta,
+    first_line,
+    sidecar_of,
+    write_sidecar,
+)
+from .convert import CONVERTERS, check_opset, require_litert_torch, require_onnx, require_quantizer, require_torchao
+from .graph import deploy_module
+from .quantize import compare, quantize_file
 from .runtimes import open_session, require
 
-FORMATS = ("onnx", "openvino", "tflite")
-SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
-RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+__all__ = ["DEFAULT_OPSET", "FORMATS", "FP32_TOLERANCE", "RUNTIME", "SIDECAR_FORMAT", "SUFFIX", "ExportError",
+           "ExportResult", "VerificationError", "default_name", "export", "qat_finetune", "verify_export"]
+
 FP32_TOLERANCE = 1e-4
-DEFAULT_OPSET = 18
-SIDECAR_FORMAT = "mobilenets-export"
-
-
-class VerificationError(RuntimeError):
-    """The exported file does not compute what the PyTorch model computes (the file is discarded)."""
 
 
 @dataclass
@@ -66,10 +77,6 @@ class ExportResult:
         return d
 
 
-class ExportError(UsageError):
-    """A converter failed on a valid request (reported as one line)."""
-
-
 def default_name(model: MobileNet, fmt: str, precision: str, resolution: int) -> str:
     """``mobilenet_v3_large-w1.0-r224-onnx-int8.onnx``: model, width, resolution, format, precision."""
     variant = getattr(getattr(model, "checkpoint_meta", None), "variant", None) or model.config.family
@@ -79,25 +86,154 @@ def default_name(model: MobileNet, fmt: str, precision: str, resolution: int) ->
 def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bool = False,
            calib=None, resolution: int | None = None, batch: int | str = 1, precision: str | None = None,
            nhwc: bool = False, verify: bool = True, weights: str | None = None, opset: int = DEFAULT_OPSET,
-           calib_size: int = DEFAULT_CALIB_SIZE, min_agreement: float = 0.5, report: bool = False,
+           calib_size: int | None = DEFAULT_CALIB_SIZE, min_agreement: float = 0.5, report: bool = False,
            verbose: bool = False, qat_epochs: int = 0, qat_lr: float | None = None,
-           qat_batch_size: int | None = None, qat_max_images: int | None = -1, qat_data=None) -> ExportResult:
-    """Export ``model`` (a MobileNet, a model name, or a checkpoint path) as ``fmt``.
+           qat_batch_size: int | None = None, qat_max_images: int | None = -1, qat_data=None,
+           steps: Steps | None = None) -> ExportResult:
+    """Export ``model`` as ``fmt``: whatever ``weights.resolve_model`` accepts (a MobileNet, a model
+    name with optional ``weights`` (default: its published weights; "random": none), a checkpoint,
+    a training run directory).
 
     ``int8``: post-training static quantization with ``calib`` (a directory of images, a dataset
-    spec, an N x C x H x W array). ``precision``: "fp32" (default), "bf16" (OpenVINO: the IR runs
-    with a bf16 inference hint) or "int8" (same as ``int8=True``). ``batch``: an int or "dynamic".
-    ``output``: a file, a directory (named by ``default_name``) or None (the current directory).
+    spec, an N x C x H x W array), at most ``calib_size`` images. ``precision``: "fp32" (default),
+    "bf16" (OpenVINO: the IR runs with a bf16 inference hint) or "int8" (same as ``int8=True``).
+    ``batch``: an int or "dynamic". ``output``: a file, a directory (named by ``default_name``) or
+    None (the current directory).
     ``verify``: load the file in its runtime and compare with PyTorch (fp32: max |diff| <= 1e-4 on
-    the logits; int8/bf16: top-1 agreement >= ``min_agreement``); a failure raises
+    the logits; int8/bf16: top-1 agreement >= ``min_agreement``, in [0, 1]); a failure raises
     ``VerificationError`` and nothing is written. ``report``: for int8, also measure fp32 vs int8
     size, accuracy (labelled calibration data) and latency on the same runtime.
     ``qat_epochs``: 0 (default) is post-training quantization; N > 0 (int8, ONNX or OpenVINO) is
-    quantization-aware fine-tuning for N epochs on ``calib``, which must then be labelled (a
-    dataset spec or class folders): see ``mobilenets.deploy.qat`` (``qat_lr``, ``qat_batch_size``,
-    ``qat_max_images``: its learning rate, batch and training images, -1 meaning its default;
-    ``qat_data``: labelled training data other than ``calib``, e.g. a data set already in memory).
+    quantization-aware fine-tuning for N epochs (``mobilenets.deploy.qat``), calibrated on
+    ``calib``, trained on ``qat_data`` (labelled: a dataset spec, class folders, a labelled
+    ImageSet or a data set in memory; default: ``calib``, which must then be labelled);
+    ``qat_lr``, ``qat_batch_size``, ``qat_max_images``: its learning rate, batch and training
+    images, -1 meaning its default.
+    ``steps``: receives the progress (``common.Steps``). Bad requests are a ``UsageError``
+    raised before any model is built, data read or file converted.
     """
+    precision = _check_request(fmt, int8=int8, precision=precision, calib=calib, batch=batch, opset=opset,
+                               calib_size=calib_size, min_agreement=min_agreement, qat_epochs=qat_epochs,
+                               qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_max_images=qat_max_images)
+    _check_output(output, fmt)
+    backend = RUNTIME[fmt]
+    require(backend)  # a missing runtime or converter is reported before any work
+    if fmt == "onnx":
+        require_onnx()
+    elif fmt == "tflite":
+        require_litert_torch()
+    if precision == "int8" and not qat_epochs:
+        require_quantizer(fmt)
+    if qat_epochs:
+        require_onnx()
+        require_torchao()
+    steps = steps or NO_STEPS
+
+    resolved = resolve_model(model, weights, pretrained=True)
+    if resolved.is_export:
+        raise UsageError(f"{resolved.path.name} is an exported file already: export a model name, a checkpoint "
+                         f"or a training run directory")
+    net = resolved.model
+    res = int(resolution or net.config.resolution)
+    if res < net.config.output_stride:
+        raise UsageError(f"resolution {res} is too small for {net.config.family} (at least {net.config.output_stride})")
+    pre = resolved.meta.preprocessing.at(res)
+    out = _output_path(output, net, fmt, precision, res)
+    chans = net.config.in_chans
+
+    calib_set = None
+    if calib is not None:
+        with steps("read calibration data"):
+            calib_set = load_images(calib, pre, limit=calib_size)
+        if calib_set.images.shape[1:] != (chans, res, res):
+            raise UsageError(f"calibration images are {tuple(calib_set.images.shape[1:])}, the model takes "
+                             f"{(chans, res, res)}")
+    train_data = None
+    if qat_epochs:
+        with steps("read QAT training data"):
+            train_data = qat.load_training_data(
+                calib if qat_data is None else qat_data, net, pre,
+                max_images=qat.DEFAULT_MAX_IMAGES if qat_max_images == -1 else qat_max_images)
+
+    with staging_dir(out.parent) as work:
+        deploy = deploy_module(net, nhwc=nhwc)
+        fixed = 2 if batch == "dynamic" else int(batch)  # batch 1 would specialise a dynamic dim
+        example = torch.zeros((fixed, res, res, chans) if nhwc else (fixed, chans, res, res))
+        fp32_file = work / f"fp32{SUFFIX[fmt]}"
+        # TFLite int8 and QAT convert from the torch module; their fp32 file is only needed for the report.
+        if not ((fmt == "tflite" or qat_epochs) and precision == "int8" and not report):
+            CONVERTERS[fmt](deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose,
+                            steps=steps)
+        final = fp32_file
+        qat_info: dict = {}
+        if precision == "int8" and qat_epochs:
+            final = work / f"int8{SUFFIX[fmt]}"
+            with steps("QAT fine-tune"):
+                qm = qat.finetune(net, train_data, calib_set.images, epochs=qat_epochs,
+                                  lr=qat.DEFAULT_LR if qat_lr is None else qat_lr,
+                                  batch_size=qat_batch_size or qat.DEFAULT_BATCH, resolution=res, nhwc=nhwc, pre=pre,
+                                  reporter=None if steps is NO_STEPS else _StepsReporter(steps))
+            with steps("convert to int8"):
+                qat.save_int8(qm, fmt, final, batch=batch, opset=opset, verbose=verbose)
+            qat_info = qm.info
+        elif precision == "int8":
+            final = work / f"int8{SUFFIX[fmt]}"
+            with steps("calibrate and quantize"):
+                quantize_file(fmt, fp32_file, final, calib_set.images, nhwc=nhwc, module=deploy, example=example)
+
+        meta = export_meta(net, meta=resolved.meta, fmt=fmt, precision=precision, resolution=res, batch=batch,
+                           nhwc=nhwc, preprocessing=pre)
+        # The sidecars go next to the work files too: sessions read the layout and precision from them.
+        if fp32_file.exists():
+            write_sidecar(fp32_file, {**meta, "precision": "fp32"})
+        write_sidecar(final, meta)
+        verification: dict = {}
+        if verify:
+            with steps("verify"):
+                verification = verify_export(net, final, backend, precision, calib_set, res, min_agreement)
+        quant_report: dict = {}
+        if report and precision == "int8":
+            with steps("compare fp32 and int8"):
+                quant_report = compare(fp32_file, final, backend, calib_set)
+        meta["verification"] = verification
+        if quant_report:
+            meta["quantization_report"] = quant_report
+        if qat_info:
+            meta["qat"] = qat_info
+        with steps("install"):
+            files = _install(final, out, fmt, meta, work)
+    return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info)
+
+
+def qat_finetune(model, data, fmt: str = "onnx", output: str | os.PathLike | None = None, *, epochs: int = 1,
+                 lr: float = qat.DEFAULT_LR, calib_size: int = DEFAULT_CALIB_SIZE, batch_size: int = qat.DEFAULT_BATCH,
+                 max_images: int | None = qat.DEFAULT_MAX_IMAGES, **export_kw) -> ExportResult:
+    """Quantization-aware fine-tuning of ``model`` on the labelled ``data`` (dataset spec, class
+    folders or labelled ImageSet), written as an int8 ``fmt`` file ("onnx": QDQ for ONNX Runtime,
+    "openvino": IR) through ``export``: verified in its runtime against the float model and
+    installed atomically. ``epochs=0`` is plain PTQ. ``result.qat``: what the fine-tuning did."""
+    return export(model, fmt, output, int8=True, calib=data, calib_size=calib_size, qat_epochs=epochs, qat_lr=lr,
+                  qat_batch_size=batch_size, qat_max_images=max_images, **export_kw)
+
+
+class _StepsReporter(Reporter):
+    """QAT's epoch lines routed to the export's progress."""
+
+    def __init__(self, steps: Steps):
+        super().__init__()
+        self.steps = steps
+
+    def log(self, message: str) -> None:
+        self.steps.log(message)
+
+
+# ------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch, opset, calib_size,
+                   min_agreement, qat_epochs, qat_lr, qat_batch_size, qat_max_images) -> str:
+    """Every check that needs no model and no data; returns the precision."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     precision = "int8" if int8 else (precision or "fp32")
@@ -105,259 +241,61 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         raise UsageError(f"precision must be fp32, bf16 or int8, got {precision!r}")
     if precision == "bf16" and fmt != "openvino":
         raise UsageError("bf16 export is an OpenVINO inference precision: use --format openvino")
-    if precision == "int8" and calib is None:
-        raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
-    if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
+    if batch != "dynamic" and (not _is_int(batch) or batch < 1):
         raise UsageError(f"batch must be a positive integer or 'dynamic', got {batch!r}")
     if batch == "dynamic" and fmt == "tflite":
         raise UsageError("TFLite files have a fixed batch: pass an integer batch")
-    if not isinstance(qat_epochs, int) or isinstance(qat_epochs, bool) or qat_epochs < 0:
+    if not isinstance(min_agreement, (int, float)) or isinstance(min_agreement, bool) \
+            or not 0 <= min_agreement <= 1:
+        raise UsageError(f"min_agreement (--min-agreement) is a share of images, in [0, 1]; got {min_agreement!r}")
+    if calib_size is not None and (not _is_int(calib_size) or calib_size < 1):
+        raise UsageError(f"calib_size (--calib-size) must be at least 1 image, got {calib_size!r}")
+    if not _is_int(qat_epochs) or qat_epochs < 0:
         raise UsageError(f"qat_epochs must be an integer >= 0 (0: post-training quantization), got {qat_epochs!r}")
-    if qat_epochs and precision != "int8":
-        raise UsageError("quantization-aware fine-tuning produces an int8 model: add --int8")
-    if qat_epochs and fmt not in ("onnx", "openvino"):
-        raise UsageError(f"quantization-aware fine-tuning exports onnx or openvino, not {fmt} "
-                         f"(TFLite int8 is post-training only)")
+    if fmt == "onnx" or qat_epochs:
+        check_opset(opset)
+    if precision == "int8" and calib is None:
+        raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
     if qat_epochs:
-        _require_torchao()
-    backend = RUNTIME[fmt]
-    require(backend)  # a missing runtime is reported before any work
-    if fmt == "tflite":
-        _require_litert_torch()
-    if fmt == "openvino" or (precision == "int8" and fmt == "onnx"):
-        _require_quantizer(fmt, precision)
-
-    net = resolve_model(model, weights)
-    res = int(resolution or net.config.resolution)
-    if res < net.config.output_stride:
-        raise UsageError(f"resolution {res} is too small for {net.config.family} (at least {net.config.output_stride})")
-    pre = _preprocessing(net, res)
-    out = _output_path(output, net, fmt, precision, res)
-    chans = net.config.in_chans
-
-    calib_set = None
-    if calib is not None:
-        calib_set = load_images(calib, pre, limit=calib_size)
-        if calib_set.images.shape[1:] != (chans, res, res):
-            raise UsageError(f"calibration images are {tuple(calib_set.images.shape[1:])}, the model takes "
-                             f"{(chans, res, res)}")
-    qat_data = None
-    if qat_epochs:
-        from . import qat
-        qat._check_schedule(qat_epochs, qat.DEFAULT_LR if qat_lr is None else qat_lr,
-                            qat_batch_size or qat.DEFAULT_BATCH)
-        qat_data = qat.load_training_data(calib if qat_data is None else qat_data, net, pre,
-                                          max_images=qat.DEFAULT_MAX_IMAGES if qat_max_images == -1 else qat_max_images)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
-    try:
-        deploy = deploy_module(net, nhwc=nhwc)
-        fixed = 2 if batch == "dynamic" else int(batch)  # batch 1 would specialise a dynamic dim
-        example = torch.zeros((fixed, res, res, chans) if nhwc else (fixed, chans, res, res))
-        fp32_file = work / f"fp32{SUFFIX[fmt]}"
-        converters = {"onnx": _to_onnx, "openvino": _to_openvino, "tflite": _to_tflite}
-        # TFLite int8 and QAT convert from the torch module; their fp32 file is only needed for the report.
-        if not ((fmt == "tflite" or qat_epochs) and precision == "int8" and not report):
-            converters[fmt](deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
-        final = fp32_file
-        qat_info: dict = {}
-        if precision == "int8" and qat_epochs:
-            final = work / f"int8{SUFFIX[fmt]}"
-            qm = qat.finetune(net, qat_data, calib_set.images, epochs=qat_epochs,
-                              lr=qat.DEFAULT_LR if qat_lr is None else qat_lr,
-                              batch_size=qat_batch_size or qat.DEFAULT_BATCH, resolution=res, nhwc=nhwc, pre=pre)
-            qat.save_int8(qm, fmt, final, batch=batch, opset=opset, verbose=verbose)
-            qat_info = qm.info
-        elif precision == "int8":
-            from . import quantize
-            calib_nchw = calib_set.images
-            final = work / f"int8{SUFFIX[fmt]}"
-            quantize.quantize_file(fmt, fp32_file, final, calib_nchw, nhwc=nhwc, module=deploy, example=example)
-
-        meta = {"format": SIDECAR_FORMAT, "model": getattr(getattr(net, "checkpoint_meta", None), "variant", None)
-                or net.config.family, "config": net.config.to_dict(), "export_format": fmt, "backend": backend,
-                "precision": precision, "resolution": res, "batch": batch,
-                "input_layout": "NHWC" if nhwc else "NCHW", "preprocessing": pre.to_dict(),
-                "class_names": _class_names(net)}
-        # The sidecar goes next to the work files too: sessions read the layout and precision from it.
-        fp32_file.with_suffix(".json").write_text(json.dumps({**meta, "precision": "fp32"}))
-        final.with_suffix(".json").write_text(json.dumps(meta))
-        verification: dict = {}
-        if verify:
-            verification = verify_export(net, final, backend, precision, calib_set, res, min_agreement)
-        quant_report: dict = {}
-        if report and precision == "int8":
-            from .quantize import compare
-            quant_report = compare(fp32_file, final, backend, calib_set)
-        meta["verification"] = verification
-        if quant_report:
-            meta["quantization_report"] = quant_report
-        if qat_info:
-            meta["qat"] = qat_info
-        files = _install(final, out, fmt)
-        side = out.with_suffix(".json")
-        _atomic_text(side, json.dumps(meta, indent=1))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, side, fmt, precision, backend, files, verification, quant_report, qat_info)
+        if precision != "int8":
+            raise UsageError("quantization-aware fine-tuning produces an int8 model: add --int8")
+        if fmt not in qat.FORMATS:
+            raise UsageError(f"quantization-aware fine-tuning exports onnx or openvino, not {fmt} "
+                             f"(TFLite int8 is post-training only)")
+        qat.check_schedule(qat_epochs, qat.DEFAULT_LR if qat_lr is None else qat_lr,
+                           qat_batch_size or qat.DEFAULT_BATCH)
+        if qat_max_images not in (-1, None) and (not _is_int(qat_max_images) or qat_max_images < 1):
+            raise UsageError(f"QAT needs at least one training image, got max_images={qat_max_images!r}")
+    return precision
 
 
-def resolve_model(model, weights: str | None = None) -> MobileNet:
-    """A MobileNet in eval mode from a module, a model name (+ ``weights``) or a checkpoint path."""
-    from ..weights import create_model
-    from ..weights.io import unwrap
-    if isinstance(model, nn.Module):
-        model = unwrap(model)
-        if not isinstance(model, MobileNet):
-            raise UsageError(f"export takes a mobilenets MobileNet, got {type(model).__name__}")
-        return model.eval()
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if weights is None and (path.suffix in (".safetensors", ".pth", ".pt") or path.is_file()):
-            from ..weights.io import load_checkpoint
-            return load_checkpoint(path)[0]
-        if weights in ("random", "none"):
-            return create_model(str(model)).eval()
-        return create_model(str(model), pretrained=weights or True).eval()
-    raise UsageError(f"cannot export a {type(model).__name__}: pass a MobileNet, a model name or a checkpoint")
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _preprocessing(net: MobileNet, res: int) -> Preprocessing:
-    meta = getattr(net, "checkpoint_meta", None)
-    pre = getattr(meta, "preprocessing", None) or (cifar if net.config.cifar_stem else imagenet)(net.config.resolution)
-    return dataclasses.replace(pre, resolution=res)
+def _is_dir_target(output) -> bool:
+    out = Path(output)
+    return out.is_dir() or str(output).endswith(os.sep) or not out.suffix
 
 
-def _class_names(net: MobileNet) -> list[str] | None:
-    names = getattr(getattr(net, "checkpoint_meta", None), "class_names", None)
-    return list(names) if names and len(names) == net.config.num_classes else None
+def _check_output(output, fmt: str) -> None:
+    """The output's suffix and folder, checked before the model is built."""
+    if output is None:
+        return
+    if _is_dir_target(output):
+        check_parent(Path(output) / "x")
+        return
+    out = Path(output)
+    if out.suffix.lower() != SUFFIX[fmt]:
+        raise UsageError(f"output {out.name} does not end in {SUFFIX[fmt]} (the {fmt} suffix)")
+    check_parent(out)
 
 
 def _output_path(output, net: MobileNet, fmt: str, precision: str, res: int) -> Path:
     name = default_name(net, fmt, precision, res)
     if output is None:
         return Path.cwd() / name
-    out = Path(output)
-    if out.is_dir() or str(output).endswith(os.sep) or not out.suffix:
-        return out / name
-    if out.suffix.lower() != SUFFIX[fmt]:
-        raise UsageError(f"output {out.name} does not end in {SUFFIX[fmt]} (the {fmt} suffix)")
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# converters
-
-
-def _to_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool, opset: int,
-             verbose: bool = False) -> None:
-    """torch.onnx (the torch.export-based exporter), then our ONNX-level clean-ups."""
-    import onnx
-    if opset < 17:
-        raise UsageError(f"opset {opset}: the export needs opset 17 or newer")
-    kwargs = {}
-    if dynamic:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    with warnings.catch_warnings(), _quiet():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(module, (example,), None, opset_version=opset, dynamo=True,
-                                        input_names=["input"], output_names=["logits"], verbose=verbose,
-                                        report=False, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - surface the exporter's first line
-            raise ExportError(f"torch.onnx export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-    proto = program.model_proto
-    reduce_mean_to_global_pool(proto)
-    strip_metadata(proto)
-    if dynamic:
-        dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_param = "batch"
-        odim = proto.graph.output[0].type.tensor_type.shape.dim[0]
-        odim.Clear()
-        odim.dim_param = "batch"
-    proto.producer_name = "mobilenets"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-
-
-def _to_openvino(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool, opset: int,
-                 verbose: bool = False) -> None:
-    """OpenVINO IR from the torch module (``openvino.convert_model``), fp32 weights."""
-    import openvino as ov
-    shape = list(example.shape)
-    if dynamic:
-        shape[0] = -1
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ovm = ov.convert_model(module, example_input=example, input=[ov.PartialShape(shape)])
-    except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"openvino conversion failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-    ovm.outputs[0].get_tensor().set_names({"logits"})
-    ovm.inputs[0].get_tensor().set_names({"input"})
-    ov.save_model(ovm, str(path), compress_to_fp16=False)
-
-
-def _to_tflite(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool, opset: int,
-               verbose: bool = False) -> None:
-    """TFLite through LiteRT's PyTorch converter (litert-torch)."""
-    litert_torch = _require_litert_torch()
-    try:
-        with warnings.catch_warnings(), _quiet():
-            warnings.simplefilter("ignore")
-            edge = litert_torch.convert(module, (example,))
-            edge.export(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"litert-torch conversion failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Converters print progress to stdout and log failed attempts of their fallbacks: keep the CLI clean."""
-    import logging
-    loggers = [logging.getLogger(n) for n in ("torch._guards", "torch.export", "torch._dynamo", "torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _require_litert_torch():
-    try:
-        import litert_torch
-    except ImportError:
-        raise UsageError("TFLite export needs LiteRT's PyTorch converter: pip install litert-torch ai-edge-litert") \
-            from None
-    return litert_torch
-
-
-def _require_torchao() -> None:
-    try:
-        import torchao.quantization.pt2e  # noqa: F401
-    except ImportError:
-        raise UsageError("quantization-aware fine-tuning needs torchao (PT2E): pip install torchao") from None
-
-
-def _require_quantizer(fmt: str, precision: str) -> None:
-    if fmt == "openvino":
-        require("openvino")
-        if precision == "int8":
-            try:
-                import nncf  # noqa: F401
-            except ImportError:
-                raise UsageError("OpenVINO int8 needs NNCF: pip install nncf") from None
-    elif fmt == "onnx":
-        try:
-            import onnxruntime.quantization  # noqa: F401
-        except ImportError:
-            raise UsageError("ONNX int8 needs onnxruntime's quantization tools: pip install onnxruntime") from None
+    return Path(output) / name if _is_dir_target(output) else Path(output)
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,7 +304,9 @@ def _require_quantizer(fmt: str, precision: str) -> None:
 
 def verify_export(net: MobileNet, path: Path, backend: str, precision: str, calib: ImageSet | None,
                   res: int, min_agreement: float = 0.5) -> dict:
-    """Run ``path`` in ``backend`` and compare with ``net`` on the same inputs; raise if it disagrees."""
+    """Run ``path`` in ``backend`` and compare with ``net`` on the same inputs; raise
+    ``VerificationError`` if it disagrees (fp32: by more than ``FP32_TOLERANCE`` on a logit;
+    int8/bf16: top-1 agreement below ``min_agreement``)."""
     session = open_session(path, backend, threads=1, precision=precision)
     chans = net.config.in_chans
     if precision == "fp32":
@@ -378,8 +318,7 @@ def verify_export(net: MobileNet, path: Path, backend: str, precision: str, cali
     try:
         got = session.run(x)
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"{backend} failed to run the exported file: {str(exc).splitlines()[0][:200]}") \
-            from exc
+        raise VerificationError(f"{backend} failed to run the exported file: {first_line(exc, 200)}") from exc
     if got.shape != ref.shape:
         raise VerificationError(f"exported model returns shape {got.shape}, PyTorch {ref.shape}")
     if not np.isfinite(got).all():
@@ -406,27 +345,17 @@ def verify_export(net: MobileNet, path: Path, backend: str, precision: str, cali
 
 
 # ------------------------------------------------------------------------------------------
-# atomic installation
+# installation
 
 
-def _install(src: Path, out: Path, fmt: str) -> list[Path]:
-    """Move the verified file(s) from the work directory to ``out`` (the .bin before the .xml)."""
+def _install(src: Path, out: Path, fmt: str, meta: dict, work: Path) -> list[Path]:
+    """Publish the verified file(s) from the staging folder onto ``out`` (an IR's .bin before its
+    .xml, which names its weights file by its own stem), then the sidecar."""
     files = []
     if fmt == "openvino":
-        _replace(src.with_suffix(".bin"), out.with_suffix(".bin"))
-        files.append(out.with_suffix(".bin"))
-        # The IR names its weights file after itself; the .xml refers to it implicitly by stem.
-    _replace(src, out)
-    files.insert(0, out)
+        files.append(publish(src.with_suffix(".bin"), out.with_suffix(".bin")))
+    files.insert(0, publish(src, out))
+    side = work / "sidecar.json"
+    side.write_text(json.dumps(meta, indent=1, default=str))
+    publish(side, sidecar_of(out))
     return files
-
-
-def _replace(src: Path, dst: Path) -> None:
-    with open(src, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(src, dst)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from ..core.files import atomic_write
-    atomic_write(path, text.encode())

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..models.layers import ConvNormAct, SqueezeExcite
-from ..models.network import MobileNet
+from ..models.network import MobileNet, unwrap
 
 
 class GlobalPoolSE(nn.Module):
@@ -109,8 +109,6 @@ class DeployNet(nn.Module):
 def deploy_module(model: nn.Module, nhwc: bool = False, head_as_conv: bool = True) -> nn.Module:
     """The export copy of ``model``: a ``DeployNet`` for our MobileNets; any other module is
     copied in eval mode with only dropout removed (``nhwc`` then adds a permute)."""
-    from ..weights.io import unwrap
-
     model = unwrap(model)
     if isinstance(model, MobileNet):
         return DeployNet(model, nhwc=nhwc, head_as_conv=head_as_conv)

@@ -12,11 +12,12 @@ PT2E flow (``torch.export`` -> ``prepare_qat_pt2e`` -> train -> ``convert_pt2e``
    per-channel weights in [-127, 127], Q/DQ where ``quantize_static`` puts them; OpenVINO's CPU
    plugin runs the same scheme (NNCF's default for CPU: symmetric per-channel int8 weights).
 2. ``finetune``: calibration (``calib_size`` images through the observers, no gradient), then
-   ``epochs`` of SGD (cosine to 0, momentum 0.9) on labelled data, with the training engine's
-   batching, augmentation, normalisation and schedule (``mobilenets.train.engine``); the
+   ``epochs`` of SGD (cosine to 0, momentum 0.9) on labelled data, with training's batching,
+   augmentation, normalisation and schedule (``mobilenets.train``: ``batches``, ``augment``,
+   ``schedule``, ``optim``); the
    observers are frozen for the second half so the last steps train against the final ranges.
 3. ``save_int8``: ``convert_pt2e`` (int8 weights + QuantizeLinear / DequantizeLinear), exported
-   with the package's ONNX exporter (``export._to_onnx``) as a QDQ model for ONNX Runtime; for
+   with the package's ONNX exporter (``convert.to_onnx``) as a QDQ model for ONNX Runtime; for
    OpenVINO the same QDQ ONNX is read by ``openvino.convert_model``, which turns each Q/DQ pair
    into a FakeQuantize its CPU plugin executes as int8 convolutions.
 
@@ -25,13 +26,13 @@ BN mismatch, no BN statistics drifting with small batches, no folding after quan
 would move the weights off the learned grid); with a converged model, a small learning rate
 and a few epochs, the normalisation BN gives to training is not needed.
 
-Why not NNCF's PyTorch QAT: its fake quantizers are a C++ extension compiled on first use
-(a minute or more of ``c++`` per machine, a compiler required, a 60 s load timeout on a busy
-2-core box); PT2E is plain PyTorch and its one graph serves both runtimes.
+Why not NNCF's PyTorch QAT: its fake quantizers are a C++ extension compiled on first use (a
+compiler required, slow to build and load); PT2E is plain PyTorch and its one graph serves
+both runtimes.
 
-The library entry point with the verification and atomic writes of ``export`` is
-``qat_finetune`` (also ``export(..., int8=True, qat_epochs=N)`` and ``mobilenets export --int8
---calib DATA --qat-epochs N``).
+This module trains and writes files; the verified, atomically installed export is
+``export.qat_finetune`` (also ``export(..., int8=True, qat_epochs=N)`` and ``mobilenets export
+--int8 --calib DATA --qat-epochs N``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,18 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import UsageError
+from ..core.preprocessing import preprocessing_of
+from ..data.datasets import ImageTensors, LazyImageFolder, load_data, parse_data_spec
+from ..train.augment import AugmentConfig, augment, mirror, normalize
+from ..train.batches import seeded, train_batches
+from ..train.distributed import Context
+from ..train.optim import make_optimizer
+from ..train.report import Reporter
+from ..train.schedule import lr_at
+from .calibration import ImageSet, load_images
+from .common import quiet
+from .convert import onnx_to_openvino, to_onnx
+from .graph import deploy_module
 
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 64
@@ -95,8 +107,6 @@ def load_training_data(data, net, pre, *, max_images: int | None = DEFAULT_MAX_I
     folders, a labelled ``calibration.ImageSet``, or a data set of ``mobilenets.data.datasets``
     (``ImageTensors``, ``LazyImageFolder``: used as given). Unlabelled data is a ``UsageError``.
     """
-    from ..data.datasets import ImageTensors, LazyImageFolder
-    from .calibration import ImageSet, load_images
     if max_images is not None and max_images < 1:
         raise UsageError(f"QAT needs at least one training image, got max_images={max_images}")
     num_classes = net.config.num_classes
@@ -144,7 +154,6 @@ def load_training_data(data, net, pre, *, max_images: int | None = DEFAULT_MAX_I
 
 
 def _from_spec(spec, net, pre, max_images, val_size, seed, model_names, num_classes) -> TrainingData:
-    from ..data.datasets import load_data, parse_data_spec
     parsed = parse_data_spec(spec)
     extra = getattr(getattr(net, "checkpoint_meta", None), "extra", None) or {}
     if val_size is None:
@@ -210,9 +219,8 @@ def quantizer():
     inputs arrive as DequantizeLinear (QLinearAdd / QLinearMul / QLinearGlobalAveragePool, and
     hard-swish between DQ and Q as in the PTQ file).
 
-    torchao's ``X86InductorQuantizer`` (same specs) was tried first: it leaves a convolution's
-    output float when a hard-swish or the SE gate follows, and ORT then runs 37 of the 54
-    convolutions of MobileNetV3-Small in float (the int8 file was slower than fp32)."""
+    Not torchao's ``X86InductorQuantizer`` (same specs): it leaves a convolution's output float
+    when a hard-swish or the SE gate follows, and ORT then runs those convolutions in float."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
 
     act, weight = _specs()
@@ -255,15 +263,12 @@ def prepare(net, *, resolution: int | None = None, nhwc: bool = False) -> QATMod
     """The BN-folded inference graph of ``net`` with fake quantizers, ready to calibrate and train."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from .export import _quiet
-    from .graph import deploy_module
     res = int(resolution or net.config.resolution)
     chans = net.config.in_chans
     deploy = deploy_module(net, nhwc=nhwc)
     example = torch.zeros((2, res, res, chans) if nhwc else (2, chans, res, res))
     dims = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    with warnings.catch_warnings(), _quiet():
-        warnings.simplefilter("ignore")
+    with quiet():
         try:
             gm = torch.export.export(deploy, (example,), dynamic_shapes=dims).module()
             gm = prepare_qat_pt2e(gm, quantizer())
@@ -283,20 +288,18 @@ def _set_observers(module: torch.nn.Module, enabled: bool) -> None:
 
 
 def _float_batches(data: TrainingData, batch_size: int, epoch: int, seed: int, pre, aug):
-    """Normalised float32 batches and labels of one epoch (the last partial batch dropped, as ``fit``)."""
-    from ..train import distributed as D
-    from ..train.augment import augment, mirror, normalize
-    from ..train.engine import TrainConfig, _gen, train_batches
+    """Normalised float32 batches and labels of one epoch (the last partial batch dropped, as in
+    training), drawn from generators seeded by (``seed``, ``epoch``) as training draws them."""
+    b = min(batch_size, len(data))
     if data.tensors is not None:
-        cfg = TrainConfig(batch_size=min(batch_size, len(data)), seed=seed, workers=2)
-        g = _gen(seed, epoch, 0, 101)
+        g = seeded(seed, epoch, 0, 101)
         aug_pre = dataclasses.replace(pre, kind=data.kind)
-        for x, y, _ in train_batches(data.tensors, cfg, epoch, D.Context()):
+        for x, y, _ in train_batches(data.tensors, batch_size=b, seed=seed, epoch=epoch, ctx=Context(),
+                                     flip="random", workers=2):
             if len(y):
                 yield normalize(augment(x, aug, aug_pre, g), pre), y
         return
-    b = min(batch_size, len(data))
-    g = _gen(seed, epoch, 17)
+    g = seeded(seed, epoch, 17)
     perm = torch.randperm(len(data), generator=g)
     images, labels = torch.from_numpy(data.images), torch.as_tensor(data.labels)
     for i in range(max(len(perm) // b, 1)):
@@ -314,13 +317,10 @@ def finetune(net, data: TrainingData, calib: np.ndarray, *, epochs: int = 1, lr:
     ``epochs`` over ``data`` with SGD (momentum 0.9, Nesterov, cosine from ``lr`` to 0)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
-    from ..train.augment import AugmentConfig
-    from ..train.engine import Reporter, TrainConfig, lr_at, make_optimizer
-    from .export import _preprocessing
-    _check_schedule(epochs, lr, batch_size)
+    check_schedule(epochs, lr, batch_size)
     reporter = reporter or Reporter()
     res = int(resolution or net.config.resolution)
-    pre = pre or _preprocessing(net, res)
+    pre = pre or preprocessing_of(net, res)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     qm = prepare(net, resolution=res, nhwc=nhwc)
@@ -334,9 +334,7 @@ def finetune(net, data: TrainingData, calib: np.ndarray, *, epochs: int = 1, lr:
     with torch.no_grad():
         for i in range(0, len(calib), batch_size):
             gm(to_layout(torch.from_numpy(np.ascontiguousarray(calib[i:i + batch_size]))))
-    cfg = TrainConfig(optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0, schedule="cosine",
-                      warmup_epochs=0.0, batch_size=batch_size, seed=seed)
-    optimizer = make_optimizer(gm, cfg)
+    optimizer = make_optimizer(gm, optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
     aug = AugmentConfig(pad_crop=4, flip=True)
     spe = max(len(data) // min(batch_size, len(data)), 1)
     total, step, history = epochs * spe, 0, []
@@ -351,7 +349,7 @@ def finetune(net, data: TrainingData, calib: np.ndarray, *, epochs: int = 1, lr:
             if step == freeze_at:
                 _set_observers(gm, False)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, spe, cfg)
+                group["lr"] = lr_at(step, total, lr=lr, schedule="cosine")
             logits = gm(to_layout(x))
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
@@ -376,7 +374,8 @@ def finetune(net, data: TrainingData, calib: np.ndarray, *, epochs: int = 1, lr:
     return qm
 
 
-def _check_schedule(epochs, lr, batch_size) -> None:
+def check_schedule(epochs, lr, batch_size) -> None:
+    """A one-line ``UsageError`` for a fine-tuning schedule that cannot run (checked before any work)."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise UsageError(f"QAT epochs must be a non-negative integer, got {epochs!r}")
     if not lr > 0:
@@ -391,45 +390,16 @@ def save_int8(qm: QATModel, fmt: str, path: str | os.PathLike, *, batch: int | s
     ONNX QDQ, or an OpenVINO IR converted from that QDQ graph (FakeQuantize -> int8 kernels)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    from .export import ExportError, _quiet, _to_onnx
     if fmt not in FORMATS:
         raise UsageError(f"QAT exports {' or '.join(FORMATS)}, not {fmt!r} (TFLite int8 is post-training only)")
     path = Path(path)
-    with warnings.catch_warnings(), _quiet():
-        warnings.simplefilter("ignore")
+    with quiet():
         converted = convert_pt2e(copy.deepcopy(qm.module))
     fixed = 2 if batch == "dynamic" else int(batch)
     example = torch.zeros((fixed, *qm.example.shape[1:]))
     onnx_path = path if fmt == "onnx" else path.with_name(path.stem + ".qdq.onnx")
-    _to_onnx(converted, example, onnx_path, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
+    to_onnx(converted, example, onnx_path, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
     if fmt == "openvino":
-        import openvino as ov
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ovm = ov.convert_model(str(onnx_path))
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"openvino conversion of the QAT model failed: "
-                              f"{str(exc).strip().splitlines()[0][:300]}") from exc
-        ovm.outputs[0].get_tensor().set_names({"logits"})
-        ovm.inputs[0].get_tensor().set_names({"input"})
-        ov.save_model(ovm, str(path), compress_to_fp16=False)
+        onnx_to_openvino(onnx_path, path, what="QAT model")
         onnx_path.unlink(missing_ok=True)
     return path
-
-
-# ------------------------------------------------------------------------------------------
-# entry point
-
-
-def qat_finetune(model, data, fmt: str = "onnx", output: str | os.PathLike | None = None, *, epochs: int = 1,
-                 lr: float = DEFAULT_LR, calib_size: int = 300, batch_size: int = DEFAULT_BATCH,
-                 max_images: int | None = DEFAULT_MAX_IMAGES, **export_kw):
-    """Quantization-aware fine-tuning of ``model`` (a MobileNet, a name or a checkpoint) on the
-    labelled ``data`` (dataset spec, class folders or labelled ImageSet), written as an int8
-    ``fmt`` file ("onnx": QDQ for ONNX Runtime, "openvino": IR) through ``export``: verified in
-    its runtime against the float model and installed atomically. ``epochs=0`` is plain PTQ.
-    Returns the ``ExportResult`` (``result.qat``: what the fine-tuning did)."""
-    from .export import export
-    return export(model, fmt, output, int8=True, calib=data, calib_size=calib_size, qat_epochs=epochs, qat_lr=lr,
-                  qat_batch_size=batch_size, qat_max_images=max_images, **export_kw)

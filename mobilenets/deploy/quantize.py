@@ -7,16 +7,19 @@
 
 When PTQ loses too much, quantization-aware fine-tuning (``qat.py``, ``export(..., qat_epochs=N)``)
 trains the model against simulated int8, as the TF-slim seed trains quantized from a float checkpoint.
+Every quantizer runs inside ``common.quiet``: their progress bars and log lines stay out of our output.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..core.errors import UsageError
+from .common import quiet
+from .runtimes import interleaved_latency, open_session
 
 
 class _Reader:
@@ -63,14 +66,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndar
     """Static QDQ quantization with ONNX Runtime's tools: per-channel symmetric int8 weights,
     asymmetric uint8 activations (U8S8, the pair ORT's x86 VNNI kernels run fastest), MinMax.
 
-    What ORT's profile of MobileNetV3-Large says (1 thread, 224, see benchmarks/int8_speed.py):
-    int8 pointwise convs are 3x faster than fp32, but ORT's CPU provider has no int8 hard-swish
-    (each one runs as DequantizeLinear -> HardSigmoid -> Mul -> QuantizeLinear in float, ~25% of
-    the int8 time) and its int8 depthwise and 3-channel stem kernels are slower than its fp32
-    ones (1.6x and 2x). Keeping those layers in float does not help: every float/int8 boundary
-    adds NCHWc <-> NHWC reorders. Decomposing hard-swish into int8 Add/Clip/Mul moves the cost
-    into QLinearAdd/QLinearMul. So this recipe stays ORT's standard one; OpenVINO, whose int8
-    convolutions take hard-swish as a fused post-op, is the runtime for int8 MobileNetV3.
+    This stays ORT's standard recipe on purpose: its CPU provider has no int8 hard-swish and keeps
+    some layers in float whatever the recipe, and every float/int8 boundary costs layout reorders,
+    so excluding or decomposing layers does not pay (``benchmarks/int8_speed.py`` measures it).
+    OpenVINO, whose int8 convolutions take hard-swish as a fused post-op, is the runtime for
+    int8 MobileNetV3.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -83,8 +83,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndar
     if len(calib) < batch:
         raise UsageError(f"{len(calib)} calibration images for a model with a fixed batch of {batch}")
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         quantize_static(str(src), str(dst), _Reader(inp.name, calib, batch), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes_to_exclude or [],
@@ -98,19 +97,19 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndar
 
 def quantize_openvino(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndarray) -> Path:
     """NNCF post-training quantization of an IR (or ONNX file) into an int8 IR."""
-    import nncf
-    import openvino as ov
+    with quiet():
+        import nncf
+        import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(src))
     shape = model.inputs[0].get_partial_shape()
     batch = shape[0].get_length() if shape[0].is_static else 1
     items = [calib[i:i + batch] for i in range(0, len(calib) - batch + 1, batch)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         qmodel = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items),
                                preset=nncf.QuantizationPreset.PERFORMANCE)
-    ov.save_model(qmodel, str(dst), compress_to_fp16=False)
+        ov.save_model(qmodel, str(dst), compress_to_fp16=False)
     return Path(dst)
 
 
@@ -120,17 +119,15 @@ def quantize_openvino(src: str | os.PathLike, dst: str | os.PathLike, calib: np.
 
 def quantize_tflite(module, example, dst: str | os.PathLike, calib: np.ndarray) -> Path:
     """Full-integer-weights static quantization with PT2E and LiteRT's quantizer (float I/O)."""
-    import litert_torch
-    import torch
-    from litert_torch.quantize import pt2e_quantizer
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
+    with quiet():
+        import litert_torch
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import quantize_pt2e
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    from .export import _quiet
-    with warnings.catch_warnings(), _quiet():
-        warnings.simplefilter("ignore")
+    with quiet():
         m = torch.export.export(module, (example,)).module()
         m = quantize_pt2e.prepare_pt2e(m, quantizer)
         b = example.shape[0]
@@ -151,8 +148,6 @@ def compare(fp32: str | os.PathLike, int8: str | os.PathLike, backend: str, data
             rounds: int = 10, per_round: int = 5) -> dict:
     """File sizes, top-1 of fp32 vs int8 (labelled ``data``) or their agreement, and latency of both
     on ``backend`` (batch 1, ``threads``, interleaved rounds)."""
-    from .runtimes import interleaved_latency, open_session
-
     fp32, int8 = Path(fp32), Path(int8)
     s32 = open_session(fp32, backend, threads=threads, precision="fp32")
     s8 = open_session(int8, backend, threads=threads, precision="int8")
@@ -167,7 +162,8 @@ def compare(fp32: str | os.PathLike, int8: str | os.PathLike, backend: str, data
                            "int8": float((y8.argmax(1) == data.labels).mean())}
         x = data.images[:1]
     else:
-        x = np.zeros((1, *s32.meta.get("shape", (3, 224, 224))), np.float32)
+        side = s32.resolution or 224
+        x = np.zeros((1, 3, side, side), np.float32)
     lat = interleaved_latency({"fp32": s32, "int8": s8}, x, warmup=5, rounds=rounds, per_round=per_round)
     out["latency_ms"] = lat
     out["speedup"] = lat["fp32"]["median_ms"] / lat["int8"]["median_ms"]

@@ -1,24 +1,36 @@
 """One ``Session`` over every runtime: load a file or a model, set threads, run a batch, get logits.
 
-``open_session("model.onnx")`` picks ONNX Runtime from the suffix (``.xml``: OpenVINO, ``.tflite``:
-LiteRT, ``.safetensors``/``.pth``: PyTorch). ``run`` always takes N x C x H x W float32 and returns
+``open_session`` accepts what ``weights.resolve_model`` accepts: a model name, a checkpoint, a
+training run directory, an exported file (``.onnx``: ONNX Runtime, ``.xml``: OpenVINO,
+``.tflite``: LiteRT) or a module. ``run`` always takes N x C x H x W float32 and returns
 N x classes float32 logits; a file exported with NHWC input gets its transpose here, and a file
-exported for a fixed batch is run in chunks of that batch, so ``predict`` and ``eval`` need not know
-how a file was exported. Preprocessing and class names come from the export's JSON sidecar (or the
-checkpoint's metadata). A runtime that is not installed is a ``UsageError`` naming the pip package.
+exported for a fixed batch is run in chunks of that batch, so ``predict`` and ``eval`` need not
+know how a file was exported. Preprocessing and class names come from the export's JSON sidecar
+(or the checkpoint's metadata); a file without its sidecar still says its input shape, from
+which the session takes its layout and resolution. A runtime that is not installed is a
+``UsageError`` naming the pip package.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..core.errors import UsageError
 from ..core.preprocessing import Preprocessing
 from ..measure import latency as _latency
-from ..weights.resolve import read_sidecar
+from ..models.meta import CheckpointMeta
+from ..models.network import MobileNet, unwrap
+from ..weights.resolve import CHECKPOINT_SUFFIXES, EXPORT_SUFFIXES, resolve_model
+from .common import DEFAULT_OPSET, FORMAT_OF_BACKEND, SUFFIX
+from .convert import CONVERTERS, require_litert_torch, require_onnx
+from .graph import deploy_module
 
 BACKENDS = ("torch", "compile", "onnxruntime", "openvino", "litert")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -57,27 +69,50 @@ def require(backend: str):
 
 
 class Session:
-    """Base of the runtime sessions. Subclasses implement ``_run`` on the runtime's own layout."""
+    """Base of the runtime sessions. Subclasses implement ``_run`` on the runtime's own layout.
+
+    ``meta``: the model's ``CheckpointMeta`` (an export's sidecar, a checkpoint's metadata) or a
+    sidecar-like dict; ``self.meta`` keeps the sidecar's other fields (precision, input layout,
+    batch...). ``input_shape``: the input shape the graph declares, in its own layout, ``None``
+    for dynamic dimensions (``None`` altogether when unknown)."""
 
     backend: str = ""
 
-    def __init__(self, *, threads: int = 1, precision: str = "fp32", meta: dict | None = None,
+    def __init__(self, *, threads: int = 1, precision: str = "fp32", meta: CheckpointMeta | dict | None = None,
                  path: Path | None = None):
         if threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.threads, self.precision, self.path = threads, precision, path
-        self.meta = meta or {}
+        self.checkpoint_meta = _as_meta(meta)
+        self.meta: dict = dict(self.checkpoint_meta.extra)
         self.input_layout: str = self.meta.get("input_layout", "NCHW")
         self.fixed_batch: int | None = None
-        pre = self.meta.get("preprocessing")
-        self.preprocessing: Preprocessing | None = Preprocessing.from_dict(pre) if pre else None
-        self.class_names: list[str] | None = self.meta.get("class_names")
+        self.input_shape: tuple[int | None, ...] | None = None
+        self.preprocessing: Preprocessing | None = self.checkpoint_meta.preprocessing
+        self.class_names: list[str] | None = self.checkpoint_meta.class_names
 
     @property
     def resolution(self) -> int | None:
-        return self.preprocessing.resolution if self.preprocessing else self.meta.get("resolution")
+        """The input's side in pixels: the recorded preprocessing's, else the sidecar's, else the graph's."""
+        if self.preprocessing is not None:
+            return self.preprocessing.resolution
+        if self.meta.get("resolution"):
+            return int(self.meta["resolution"])
+        shape = self.input_shape
+        if shape is None or len(shape) != 4:
+            return None
+        return shape[1] if self.input_layout == "NHWC" else shape[2]
+
+    def _declare_input(self, shape, *, fixed_batch: bool) -> None:
+        """Record the graph's input shape (and its batch when fixed); a file exported without a
+        sidecar that takes ``N x H x W x C`` (last dimension 1 or 3, second not) is run as NHWC."""
+        dims = tuple(int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else None for d in shape)
+        self.input_shape = dims
+        self.fixed_batch = dims[0] if fixed_batch and dims else None
+        if "input_layout" not in self.meta and len(dims) == 4 and dims[-1] in (1, 3) and dims[1] not in (1, 3):
+            self.input_layout = "NHWC"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """N x C x H x W float32 -> N x classes float32 logits."""
@@ -125,11 +160,22 @@ class Session:
         return f"{type(self).__name__}({what}, threads={self.threads}, precision={self.precision})"
 
 
+def _as_meta(meta: CheckpointMeta | dict | None) -> CheckpointMeta:
+    """A ``CheckpointMeta`` from a sidecar-like dict (``preprocessing`` and ``class_names`` parsed,
+    every other field kept in ``extra``)."""
+    if isinstance(meta, CheckpointMeta):
+        return meta
+    meta = dict(meta or {})
+    pre = meta.pop("preprocessing", None)
+    names = meta.pop("class_names", None)
+    return CheckpointMeta(meta.pop("model", None), None, Preprocessing.from_dict(pre) if isinstance(pre, dict)
+                          else None, list(names) if names else None, meta)
+
+
 class TorchSession(Session):
     """PyTorch eager, or ``torch.compile`` (backend "compile"); bf16 through CPU autocast."""
 
     def __init__(self, model, *, compile: bool = False, **kw):
-        import torch
         super().__init__(**kw)
         if self.precision == "int8":
             raise UsageError("the torch backend runs fp32 or bf16; int8 runs on onnxruntime, openvino or litert")
@@ -137,9 +183,11 @@ class TorchSession(Session):
         torch.set_num_threads(self.threads)
         self.model = model.eval()
         self._fn = torch.compile(self.model) if compile else self.model
+        config = getattr(unwrap(model), "config", None)
+        if config is not None:
+            self.input_shape = (None, config.in_chans, config.resolution, config.resolution)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        import torch
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "bf16"):
             return self._fn(torch.from_numpy(x)).float().numpy()
 
@@ -170,10 +218,7 @@ class OrtSession(Session):
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.sess.get_outputs()[0].name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        if "input_layout" not in self.meta and len(inp.shape) == 4 and inp.shape[-1] in (1, 3) \
-                and inp.shape[1] not in (1, 3):
-            self.input_layout = "NHWC"
+        self._declare_input(inp.shape, fixed_batch=True)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run([self.output_name], {self.input_name: x})[0]
@@ -198,7 +243,7 @@ class OpenVINOSession(Session):
             raise UsageError(f"openvino cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
-        self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
+        self._declare_input([d.get_length() if d.is_static else None for d in shape], fixed_batch=True)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.array(self.request.infer({0: x})[0], copy=True)
@@ -217,10 +262,7 @@ class LiteRTSession(Session):
             raise UsageError(f"litert cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
-        shape = list(self.inp["shape"])
-        self.fixed_batch = int(shape[0])
-        if "input_layout" not in self.meta and len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3):
-            self.input_layout = "NHWC"
+        self._declare_input(list(self.inp["shape"]), fixed_batch=True)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         x = self._quant(x, self.inp)
@@ -241,89 +283,94 @@ class LiteRTSession(Session):
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
 
 
-def open_session(target, backend: str | None = None, *, threads: int = 1, precision: str | None = None) -> Session:
-    """A ``Session`` on ``target``: a MobileNet module, or a path (.onnx, .xml, .tflite, .safetensors...).
+def open_session(target, backend: str | None = None, *, threads: int = 1, precision: str | None = None,
+                 weights: str | None = None) -> Session:
+    """A ``Session`` on ``target``: what ``weights.resolve_model`` accepts (a module, a model name
+    with optional ``weights``, a checkpoint, a run directory, an exported file).
 
-    ``backend`` defaults to the one the suffix names (a module: "torch"); a module given with another
-    backend is exported for it first (fp32, into a temporary directory). ``precision`` defaults to
-    what the export's sidecar records ("fp32" otherwise); "bf16" is a runtime setting (OpenVINO, torch).
+    ``backend`` defaults to the one an exported file's suffix names, else "torch"; a model given
+    with another backend is converted for it first (fp32, into a temporary directory, unverified).
+    ``precision`` defaults to what the export's sidecar records ("fp32" otherwise); "bf16" is a
+    runtime setting (OpenVINO, torch).
     """
-    from torch import nn
-
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if isinstance(target, nn.Module):
+    if isinstance(target, nn.Module) and not isinstance(unwrap(target), MobileNet):
+        # any other module (a peer implementation) runs in PyTorch as it is
+        if (backend or "torch") not in ("torch", "compile"):
+            raise UsageError(f"only mobilenets models are converted for {backend}; "
+                             f"export {type(unwrap(target)).__name__} yourself and open the file")
+        return TorchSession(target, compile=backend == "compile", threads=threads, precision=precision or "fp32")
+    if isinstance(target, (str, os.PathLike)):
+        _check_suffix(Path(target))
+    resolved = resolve_model(target, weights, pretrained=True)
+    if not resolved.is_export:
         backend = backend or "torch"
         precision = precision or "fp32"
         if backend in ("torch", "compile"):
-            meta = _module_meta(target)
-            return TorchSession(target, compile=backend == "compile", threads=threads, precision=precision, meta=meta)
-        return _session_for_module(target, backend, threads=threads, precision=precision)
-    path = Path(target)
-    if not path.exists():
-        raise UsageError(f"no such model file: {path}")
-    inferred = SUFFIX_BACKEND.get(path.suffix.lower())
-    backend = backend or inferred
-    if backend is None:
-        raise UsageError(f"cannot tell the runtime of {path.name} from its suffix; pass a backend "
-                         f"({', '.join(BACKENDS)})")
-    meta = read_sidecar(path)
-    stored = meta.get("precision", "fp32")
-    precision = precision or ("fp32" if stored not in PRECISIONS else stored)
-    kw = dict(threads=threads, meta=meta)
+            return TorchSession(resolved.model, compile=backend == "compile", threads=threads, precision=precision,
+                                meta=resolved.meta, path=resolved.path)
+        return _session_for_module(resolved.model, resolved.meta, backend, threads=threads, precision=precision)
+    path = resolved.path
+    backend = backend or SUFFIX_BACKEND[path.suffix.lower()]
     if backend in ("torch", "compile"):
-        if inferred != "torch":
-            raise UsageError(f"the {backend} backend runs checkpoints (.safetensors, .pth), not {path.suffix} files")
-        require("torch")
-        from ..weights.io import load_checkpoint
-        model, _ = load_checkpoint(path)
-        return TorchSession(model, compile=backend == "compile", threads=threads, precision=precision,
-                            meta=_module_meta(model), path=path)
+        raise UsageError(f"the {backend} backend runs checkpoints (.safetensors, .pth), not {path.suffix} files")
+    stored = resolved.meta.extra.get("precision", "fp32")
+    precision = precision or ("fp32" if stored not in PRECISIONS else stored)
+    return _file_session(path, backend, threads=threads, precision=precision, meta=resolved.meta)
+
+
+def _check_suffix(path: Path) -> None:
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix not in EXPORT_SUFFIXES | CHECKPOINT_SUFFIXES:
+        raise UsageError(f"cannot tell the runtime of {path.name} from its suffix: exported files end in "
+                         f"{', '.join(sorted(EXPORT_SUFFIXES))}, checkpoints in .safetensors or .pth")
+
+
+def _file_session(path: Path, backend: str, *, threads: int, precision: str, meta: CheckpointMeta) -> Session:
+    """The session of ``backend`` on the exported file ``path``."""
+    kw = dict(threads=threads, meta=meta)
+    suffix = path.suffix.lower()
     if backend == "onnxruntime":
-        if path.suffix.lower() != ".onnx":
+        if suffix != ".onnx":
             raise UsageError(f"onnxruntime runs .onnx files, not {path.name}")
         return OrtSession(path, precision="fp32" if precision == "int8" else precision, **kw)._mark(precision)
     if backend == "openvino":
-        if path.suffix.lower() not in (".xml", ".onnx"):
+        if suffix not in (".xml", ".onnx"):
             raise UsageError(f"openvino runs .xml (IR) or .onnx files, not {path.name}")
         run_precision = "bf16" if precision == "bf16" else "fp32"
         return OpenVINOSession(path, precision=run_precision, **kw)._mark(precision)
     if backend == "litert":
-        if path.suffix.lower() != ".tflite":
+        if suffix != ".tflite":
             raise UsageError(f"litert runs .tflite files, not {path.name}")
         return LiteRTSession(path, precision="fp32" if precision == "int8" else precision, **kw)._mark(precision)
     raise UsageError(f"backend {backend!r} cannot run {path.name}")
 
 
-def _module_meta(model) -> dict:
-    from ..core.preprocessing import cifar, imagenet
-    from ..weights.io import unwrap
-    inner = unwrap(model)
-    meta = getattr(inner, "checkpoint_meta", None)
-    config = getattr(inner, "config", None)
-    out: dict = {}
-    pre = getattr(meta, "preprocessing", None)
-    if pre is None and config is not None:
-        pre = (cifar if config.cifar_stem else imagenet)(config.resolution)
-    if pre is not None:
-        out["preprocessing"] = pre.to_dict()
-    if getattr(meta, "class_names", None):
-        out["class_names"] = list(meta.class_names)
-    return out
-
-
-def _session_for_module(model, backend: str, *, threads: int, precision: str) -> Session:
-    """Export ``model`` to a temporary file for ``backend`` and open it (the file is read into memory)."""
-    import tempfile
-
-    from .export import export
-    fmt = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}[backend]
+def _session_for_module(model: MobileNet, meta: CheckpointMeta, backend: str, *, threads: int,
+                        precision: str) -> Session:
+    """Convert ``model`` (fp32) to a temporary file for ``backend`` and open it (the runtime reads
+    the file into memory; the file is gone when this returns)."""
     if precision == "int8":
         raise UsageError("an int8 session needs calibration: export with int8=True and calib=..., then open the file")
+    if precision == "bf16" and backend != "openvino":
+        raise UsageError(f"bf16 runs on openvino or torch, not {backend}")
+    require(backend)
+    fmt = FORMAT_OF_BACKEND[backend]
+    if fmt == "onnx":
+        require_onnx()
+    elif fmt == "tflite":
+        require_litert_torch()
+    dynamic = fmt != "tflite"  # TFLite files have a fixed batch
+    res, chans = model.config.resolution, model.config.in_chans
+    example = torch.zeros((2 if dynamic else 1, chans, res, res))  # batch 1 would specialise a dynamic dim
+    file_meta = CheckpointMeta(meta.variant, meta.config, meta.preprocessing, meta.class_names,
+                               {"precision": precision, "input_layout": "NCHW", "resolution": res,
+                                "batch": "dynamic" if dynamic else 1})
     with tempfile.TemporaryDirectory(prefix="mobilenets-session-") as tmp:
-        result = export(model, fmt, Path(tmp), verify=False, batch="dynamic" if fmt != "tflite" else 1,
-                        precision=precision)
-        session = open_session(result.path, backend, threads=threads, precision=precision)
+        path = Path(tmp) / f"model{SUFFIX[fmt]}"
+        CONVERTERS[fmt](deploy_module(model), example, path, dynamic=dynamic, opset=DEFAULT_OPSET)
+        session = _file_session(path, backend, threads=threads, precision=precision, meta=file_meta)
     session.path = None
     return session
 
