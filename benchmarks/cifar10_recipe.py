@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from mobilenets.train.engine import TrainConfig
+from mobilenets.train.config import TrainConfig
 from mobilenets.train.recipes import RECIPES
 
 RESULTS = Path(__file__).parent / "results"

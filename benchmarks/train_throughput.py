@@ -46,13 +46,15 @@ import torch
 import torch.nn.functional as F
 
 import mobilenets
+from mobilenets.core.hardware import cpu_has_bf16
 from mobilenets.core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, cifar
 from mobilenets.data.datasets import decode_files, scan_folder
 from mobilenets.train import distributed as D
 from mobilenets.train import fastdw, mixed
 from mobilenets.train.allocator import keep_freed_memory
 from mobilenets.train.augment import AugmentConfig, augment, normalize
-from mobilenets.train.engine import cpu_has_bf16, resolve_config, train_step
+from mobilenets.train.config import resolve_config
+from mobilenets.train.step import train_step
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -100,7 +102,7 @@ def plain_step(net):
 
 
 def make_step(net, bf16: bool):
-    """The engine's step (``mobilenets.train.engine.train_step``), SGD."""
+    """The engine's step (``mobilenets.train.step.train_step``), SGD."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     cfg = resolve_config(label_smoothing=0.0)
 

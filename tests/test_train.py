@@ -1,5 +1,6 @@
-"""Training engine: run directory, resume after an interruption (same metrics), NaN stop,
-fine-tuning, time budget, schedules, the CLI verbs and two-process DDP on CPU.
+"""Training: the configuration and its checks, the run directory, resume after an interruption
+(same metrics), NaN stop, fine-tuning, the time budget, schedules and recipes, evaluation of runs,
+checkpoints and exports, the CLI verbs and two-process DDP on CPU.
 
 Seconds-long runs on synthetic data at 16x16 with a thin model.
 """
@@ -17,7 +18,13 @@ from typer.testing import CliRunner
 
 from mobilenets.cli import app
 from mobilenets.core.errors import UsageError
-from mobilenets.train import Reporter, TrainingDiverged, evaluate_checkpoint, fit, lr_at, resolve_config
+from mobilenets.evaluate import evaluate as evaluate_target
+from mobilenets.train import Reporter, TrainingDiverged, fit, resolve_config
+from mobilenets.train import budget as budget_module
+from mobilenets.train.budget import EpochTime, TimeBudget, epoch_cost, epochs_that_fit
+from mobilenets.train.config import TrainConfig
+from mobilenets.train.evaluation import tta_logits, validates
+from mobilenets.train.step import build_optimizer, learning_rate, train_resolution, train_step
 from mobilenets.weights.io import load_checkpoint
 
 TINY = dict(model="mobilenet_v3_small", width=0.25, cifar_stem=3, resolution=16, batch_size=32, threads=1,
@@ -65,10 +72,10 @@ def test_fit_writes_a_run_directory(tmp_path):
     assert meta.class_names == [f"class_{i}" for i in range(10)] and meta.preprocessing.resolution == 16
     assert meta.variant == "mobilenet_v3_small" and model.config.cifar_stem == 3
     # eval on the same split gives the training's last val figure (EMA weights are what is saved)
-    ev = evaluate_checkpoint(run / "last.safetensors", "synthetic:128")
+    ev = evaluate_target(run / "last.safetensors", "synthetic:128")
     assert ev["top1"] == pytest.approx(result.last["val_top1"]) and ev["images"] == 32
     assert ev["loss"] == pytest.approx(result.last["val_loss"], rel=1e-4)
-    tta = evaluate_checkpoint(run / "last.safetensors", "synthetic:128", tta=True)
+    tta = evaluate_target(run / "last.safetensors", "synthetic:128", tta=True)
     assert tta["top1_single"] == pytest.approx(ev["top1"])  # the single view is still reported
 
 
@@ -93,7 +100,6 @@ def test_mirror_tta_scores_the_mean_logits_of_both_views():
 
 
 def test_mirror_shift_tta_averages_six_views():
-    from mobilenets.train.engine import tta_logits
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
     x = torch.randn(2, 3, 8, 8)
@@ -103,7 +109,7 @@ def test_mirror_shift_tta_averages_six_views():
     want = sum(net(v) + net(v.flip(3)) for v in views) / 6
     torch.testing.assert_close(tta_logits(net, x, "mirror-shift"), want)
     torch.testing.assert_close(tta_logits(net, x, "mirror"), (net(x) + net(x.flip(3))) / 2)
-    with pytest.raises(UsageError, match="tta must be"):
+    with pytest.raises(UsageError, match="--tta must be one of none, mirror, mirror-shift, got 'shift'"):
         resolve_config(tta="shift")
     assert resolve_config(tta=True).tta == "mirror"
 
@@ -129,7 +135,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     before = {n: (run / n).read_bytes() for n in ("state.pt", "last.safetensors")}
     config = json.loads((run / "config.json").read_text())
-    config["lr"] = float("inf")
+    config["lr"] = 1e30  # finite, so the config is valid, and the second step's loss is NaN
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(TrainingDiverged, match="loss is nan|loss is inf"):
         fit(resume=run, reporter=Reporter(enabled=False))
@@ -153,10 +159,12 @@ def test_fine_tune_with_new_classes(tmp_path):
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["resolved"]["data"]["val_size"] == 6
     # eval finds the held-out images again from what the checkpoint records
-    ev = evaluate_checkpoint(result.run_dir / "last.safetensors", f"folder:{tmp_path / 'imgs'}")
+    ev = evaluate_target(result.run_dir / "last.safetensors", f"folder:{tmp_path / 'imgs'}")
     assert ev["images"] == 6 and ev["top1"] == pytest.approx(result.last["val_top1"])
-    assert evaluate_checkpoint(result.run_dir / "last.safetensors", f"folder:{tmp_path / 'imgs'}",
-                               val_size=None)["images"] == 6  # None here means "as recorded"
+    assert evaluate_target(result.run_dir / "last.safetensors", f"folder:{tmp_path / 'imgs'}",
+                           val_size=None)["images"] == 6  # None here means "as recorded"
+    for everything in ("none", 0):  # no hold-out: all of train/
+        assert evaluate_target(result.run_dir, f"folder:{tmp_path / 'imgs'}", val_size=everything)["images"] == 36
 
 
 def test_val_every_validates_some_epochs_and_always_the_last(tmp_path):
@@ -167,7 +175,7 @@ def test_val_every_validates_some_epochs_and_always_the_last(tmp_path):
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 6 and ",,," in rows[2]  # epoch 2: empty val cells
     assert (tmp_path / "run" / "curves.png").is_file()
-    with pytest.raises(UsageError, match="val_every"):
+    with pytest.raises(UsageError, match="--val-every must be >= 1, got 0"):
         tiny(tmp_path, val_every=0)
 
 
@@ -180,16 +188,17 @@ def test_time_budget_picks_the_epochs(tmp_path):
 
 
 def test_time_budget_shortens_the_schedule_when_the_machine_slows_down(tmp_path, monkeypatch):
-    import mobilenets.train.engine as engine
-    real = engine.epochs_that_fit
+    real = budget_module.epochs_that_fit
 
     def slower(done, *args, **kw):  # from epoch 4 on, the budget holds 6 epochs in all
         n = real(done, *args, **kw)
         return min(n, 6) if done >= 4 else n
 
-    monkeypatch.setattr(engine, "epochs_that_fit", slower)
+    monkeypatch.setattr(budget_module, "epochs_that_fit", slower)
     cap = Capture()
-    result = fit(tiny(tmp_path, epochs=40, time_budget_min=30, val_every=4), reporter=cap)
+    cfg = tiny(tmp_path, epochs=40, time_budget_min=30, val_every=4)
+    result = fit(cfg, reporter=cap)
+    assert cfg.epochs == 40  # the plan changed, the configuration did not
     assert len(result.history) == 6 and result.last["epochs"] == 6 and result.last["val_top1"] is not None
     assert result.last["lr"] < 0.02 * result.history[2]["lr"]  # the schedule ran to its end, not cut off
     assert "6 epochs instead of the 40 planned" in result.stopped
@@ -197,14 +206,13 @@ def test_time_budget_shortens_the_schedule_when_the_machine_slows_down(tmp_path,
 
 
 def test_time_budget_lengthens_the_schedule_again_when_the_machine_speeds_up(tmp_path, monkeypatch):
-    import mobilenets.train.engine as engine
-    real = engine.epochs_that_fit
+    real = budget_module.epochs_that_fit
 
     def slow_then_fast(done, *args, **kw):  # after epoch 4 the budget holds 7 epochs, from epoch 5 on 9
         n = real(done, *args, **kw)
         return n if done < 4 else min(n, 7 if done == 4 else 9)
 
-    monkeypatch.setattr(engine, "epochs_that_fit", slow_then_fast)
+    monkeypatch.setattr(budget_module, "epochs_that_fit", slow_then_fast)
     cap = Capture()
     result = fit(tiny(tmp_path, epochs=40, time_budget_min=30, val_every=4), reporter=cap)
     assert [r["epochs"] for r in result.history] == [40, 40, 40, 7, 9, 9, 9, 9, 9]
@@ -214,15 +222,14 @@ def test_time_budget_lengthens_the_schedule_again_when_the_machine_speeds_up(tmp
 
 
 def test_a_resumed_run_may_grow_back_to_the_epochs_limit(tmp_path, monkeypatch):
-    import mobilenets.train.engine as engine
-    real = engine.epochs_that_fit
+    real = budget_module.epochs_that_fit
     holds = {"epochs": 5}  # what the budget holds in all, from epoch 3 on
 
     def budget(done, *args, **kw):
         n = real(done, *args, **kw)
         return n if done < 3 else min(n, holds["epochs"])
 
-    monkeypatch.setattr(engine, "epochs_that_fit", budget)
+    monkeypatch.setattr(budget_module, "epochs_that_fit", budget)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny(tmp_path, epochs=40, time_budget_min=30), reporter=Interrupt(after=3))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -233,17 +240,20 @@ def test_a_resumed_run_may_grow_back_to_the_epochs_limit(tmp_path, monkeypatch):
 
 
 def test_time_budget_grows_only_if_the_slowest_recent_pace_fits():
-    from mobilenets.core.preprocessing import Preprocessing
-    from mobilenets.train.engine import _measured_cost
-    cfg, pre = resolve_config(epochs=10), Preprocessing(kind="cifar", resolution=32)
-    measured = [(4, 98.0), (5, 148.0), (6, 98.0)]  # +2 s each for checkpoints
-    assert _measured_cost({32: 50.0}, cfg, pre, measured)(7, 10) == pytest.approx(100.0)  # median: shrink test
-    assert _measured_cost({32: 50.0}, cfg, pre, measured, pick=max)(7, 10) == pytest.approx(150.0)  # grow test
-    assert _measured_cost({}, cfg, pre, measured, pick=max)(7, 10) == pytest.approx(150.0)  # after --resume
+    """After epoch 6 of 10, the last three epochs took 98, 148 and 98 s (+2 s each for checkpoints):
+    the plan shrinks at their median pace (100 s) and grows only as far as the slowest (150 s) allows."""
+    def after_epoch_6(left_s: float, cost=None) -> int:
+        budget = TimeBudget(60, limit=40, every=1, cost=cost, early_refits=False, planned=10)
+        budget.measured = [(4, 98.0), (5, 148.0)]
+        return budget.after_epoch(6, 10, 3600 - 30 - left_s, EpochTime(98.0, 100))
+
+    for cost in (None, lambda e, n: 50.0):  # after --resume (measured times only), or scaling the probe's
+        assert after_epoch_6(300, cost) == 6 + int(300 // 102)  # shrinks: 8 (the slowest pace: 7)
+        assert after_epoch_6(1000, cost) == 6 + int(1000 // 153)  # grows: 12 (the median pace: 15)
+        assert after_epoch_6(470, cost) == 10  # 4 more fit at the median pace, 3 at the slowest: unchanged
 
 
 def test_time_budget_refits_the_epochs_from_measured_epoch_times():
-    from mobilenets.train.engine import epochs_that_fit
     fit_ = dict(elapsed=100, deadline=600, limit=60)
     assert epochs_that_fit(2, train_s=50, val_s=0, every=1, **fit_) == 2 + 470 // 51
     assert epochs_that_fit(2, train_s=50, val_s=0, every=1, **{**fit_, "limit": 5}) == 5  # the upper limit holds
@@ -254,41 +264,36 @@ def test_time_budget_refits_the_epochs_from_measured_epoch_times():
 
 
 def test_progressive_resizing_schedule_and_run(tmp_path):
-    from mobilenets.train.engine import epochs_that_fit, train_resolution
     sizes = [train_resolution(e, 12, 32, 24, 0.5) for e in range(1, 13)]
     assert sizes == [24, 24, 24, 28, 28, 28] + [32] * 6
     assert {train_resolution(e, 12, 32, 0, 0.5) for e in range(1, 13)} == {32}  # off
     # cheaper early epochs fit more epochs into the same budget
     cost = lambda e, n: 20 if train_resolution(e, n, 32, 24, 0.5) < 32 else 40  # noqa: E731
     assert epochs_that_fit(0, 0, cost, 0, 1, 600, 100) > epochs_that_fit(0, 0, 40.0, 0, 1, 600, 100)
-    from mobilenets.core.preprocessing import cifar
-    from mobilenets.train.engine import _epoch_cost
-    est = _epoch_cost({24: 10.0, 32: 20.0}, resolve_config(resize_from=24, resize_until=0.5), cifar(32))
+    est = epoch_cost({24: 10.0, 32: 20.0}, 32, 24, 0.5)
     assert [round(est(e, 12), 2) for e in (1, 4, 7)] == [10, round(10 + 10 * (28**2 - 24**2) / (32**2 - 24**2), 2), 20]
     result = fit(tiny(tmp_path, epochs=4, resize_from=8), reporter=Reporter(enabled=False))
     assert [r["train_size"] for r in result.history] == [8, 12, 16, 16]
     assert result.last["val_top1"] is not None
-    with pytest.raises(UsageError, match="resize_from"):
+    with pytest.raises(UsageError, match=r"--resize-from must be 0 \(off\) or >= 8, got 4"):
         tiny(tmp_path, resize_from=4)
 
 
 def test_validation_schedule():
-    from mobilenets.train.engine import validates
     assert [e for e in range(1, 22) if validates(e, 21, 4)] == [1, 4, 8, 12, 16, 20, 21]
     assert all(validates(e, 7, 1) for e in range(1, 8))
 
 
 def test_flip_modes_and_earlier_run_directories():
-    from mobilenets.train.engine import TrainConfig
     assert TrainConfig.from_dict({"flip": True}).flip == "random"  # config.json of earlier versions
     assert TrainConfig.from_dict({"flip": False}).flip == "none"
     assert resolve_config(flip="alternate").flip == "alternate"
-    with pytest.raises(UsageError, match="flip must be none, random, alternate"):
+    with pytest.raises(UsageError, match="--flip must be one of none, random, alternate"):
         resolve_config(flip="sometimes")
     with pytest.raises(UsageError, match="dropout must be in"):
         resolve_config(dropout=1.5)
     assert resolve_config("cifar10_60min", time_budget_min=0, epochs=5).time_budget_min == 0  # a preset, unbudgeted
-    with pytest.raises(UsageError, match="time budget must be >= 0"):
+    with pytest.raises(UsageError, match="--time-budget-min must be >= 0, got -1"):
         resolve_config(time_budget_min=-1)
     result = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--data", "synthetic", "--flip", "sideways"])
     assert result.exit_code == 2 and "flip must be" in result.output
@@ -296,7 +301,8 @@ def test_flip_modes_and_earlier_run_directories():
 
 def test_weight_decay_groups_and_zero_init_residual():
     from mobilenets import create_model
-    from mobilenets.train.engine import param_groups, zero_init_residual
+    from mobilenets.train.model import zero_init_residual
+    from mobilenets.train.optim import param_groups
     model = create_model("mobilenet_v2", width=0.25, num_classes=10)
     depthwise = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     pointwise = model.classifier.weight if hasattr(model, "classifier") else None
@@ -335,12 +341,12 @@ def test_zero_init_residual_and_no_decay_depthwise_in_a_run(tmp_path):
 
 
 def test_bf16_pointwise_in_a_run_is_recorded_and_skipped_without_bf16(tmp_path, monkeypatch):
-    import mobilenets.train.engine as engine
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    import mobilenets.core.hardware as hardware
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     fit(tiny(tmp_path, "on", epochs=1, bf16=False, bf16_pointwise=True), reporter=Reporter(enabled=False))
     saved = json.loads((tmp_path / "on" / "config.json").read_text())
     assert saved["bf16_pointwise"] is True and saved["resolved"]["bf16_pointwise_layers"] > 0
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     logs = []
     reporter = Reporter(enabled=False)
     reporter.log = logs.append
@@ -364,14 +370,14 @@ def test_compile_without_a_cxx_compiler_is_a_usage_error(tmp_path, monkeypatch):
 
 
 def test_compile_wraps_the_training_model_only(tmp_path, monkeypatch):
-    import mobilenets.train.engine as engine
+    import mobilenets.train.speedups as speedups
     compiled, real_compile = [], torch.compile
 
     def fake_compile(net):  # aot_eager: the same tracing, no C++ build (seconds instead of minutes)
         compiled.append(net)
         return real_compile(net, backend="aot_eager")
-    monkeypatch.setattr(engine.torch, "compile", fake_compile)
-    monkeypatch.setattr(engine, "cxx_compiler", lambda: "c++")  # aot_eager builds nothing: no compiler needed
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(speedups, "cxx_compiler", lambda: "c++")  # aot_eager builds nothing: no compiler needed
     logs = []
     reporter = Reporter(enabled=False)
     reporter.log = logs.append
@@ -406,7 +412,6 @@ def test_wrap_compiles_inside_ddp_with_one_graph_on_cpu(monkeypatch):
 
 def _step_of(net, micro, ddp=False):
     """Parameters after one SGD step of ``net`` on a fixed batch of 8, in micro-batches of ``micro``."""
-    from mobilenets.train.engine import train_step
     net = copy.deepcopy(net)
     model = torch.nn.parallel.DistributedDataParallel(net) if ddp else net
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
@@ -446,18 +451,59 @@ def test_micro_batches_in_a_run(tmp_path):
 
 
 def test_schedules():
-    base = resolve_config("baseline", epochs=4)
-    lrs = [lr_at(s, 40, 10, base) for s in range(40)]
+    step = resolve_config(schedule="step", step_milestones="0.5,0.75", warmup_epochs=0)  # fractions of the run
+    lrs = [learning_rate(step, s, 40, 10) for s in range(40)]
     assert lrs[0] == 0.1 and lrs[19] == 0.1 and lrs[20] == pytest.approx(0.01) and lrs[39] == pytest.approx(0.001)
     cos = resolve_config("default", warmup_epochs=1)
-    assert lr_at(0, 100, 10, cos) == pytest.approx(0.01) and lr_at(9, 100, 10, cos) == pytest.approx(0.1)
-    assert lr_at(99, 100, 10, cos) < 1e-3
+    assert learning_rate(cos, 0, 100, 10) == pytest.approx(0.01)
+    assert learning_rate(cos, 9, 100, 10) == pytest.approx(0.1)
+    assert learning_rate(cos, 99, 100, 10) < 1e-3
     one = resolve_config("cifar10_60min")
-    assert lr_at(0, 1000, 10, one) == pytest.approx(one.lr / 25) and lr_at(999, 1000, 10, one) < one.lr / 1000
+    assert learning_rate(one, 0, 1000, 10) == pytest.approx(one.lr / 25)
+    assert learning_rate(one, 999, 1000, 10) < one.lr / 1000
     with pytest.raises(UsageError, match="unknown recipe"):
         resolve_config("fastest")
     with pytest.raises(UsageError, match="schedule"):
         resolve_config(schedule="exp")
+
+
+def test_step_milestones_are_fractions_below_1_and_epochs_from_1():
+    from mobilenets.train.schedule import lr_at
+    lr = [lr_at(s, 100, lr=1.0, schedule="step", milestones=(2, 0.75), gamma=0.5, steps_per_epoch=10)
+          for s in range(100)]
+    assert lr[19] == 1.0 and lr[20] == 0.5 and lr[74] == 0.5 and lr[75] == 0.25  # after epoch 2; at 75% of the run
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        lr_at(0, 100, lr=1.0, schedule="step", milestones=(2,))
+
+
+def test_baseline_is_the_seed_recipe(tmp_path):
+    """The PyTorch MobileNetV3 seed's train.py: SGD(lr 0.1, momentum 0.9), MultiStepLR([15, 20, 30],
+    gamma 0.1) stepped per epoch, 20 epochs of 128, RandomCrop(32, padding=4) + flips, CIFAR-100
+    mean/std, no weight decay, label smoothing, EMA or dropout change; MobileNetV3-Small with stride 1
+    in its first layers."""
+    from mobilenets import create_model
+    from mobilenets.data.datasets import CIFAR100_MEAN, CIFAR100_STD
+    cfg = resolve_config("baseline")
+    seed = dict(model="mobilenet_v3_small", width=None, cifar_stem=3, dropout=None, optimizer="sgd", lr=0.1,
+                momentum=0.9, nesterov=False, weight_decay=0.0, epochs=20, batch_size=128, schedule="step",
+                warmup_epochs=0, step_milestones=(15, 20, 30), step_gamma=0.1, pad_crop=4, flip="random", cutout=0,
+                policy=None, label_smoothing=0.0, ema_decay=0.0, normalize="cifar100", channels_last=False,
+                bf16=False, bf16_pointwise=False, compile=False, val_every=1, tta="none")
+    assert {k: getattr(cfg, k) for k in seed} == seed
+    spe, p = 7, torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(sgd, milestones=[15, 20, 30], gamma=0.1)
+    want = []
+    for _ in range(20):
+        want += [sgd.param_groups[0]["lr"]] * spe
+        sgd.step()
+        scheduler.step()
+    assert [learning_rate(cfg, s, 20 * spe, spe) for s in range(20 * spe)] == pytest.approx(want)
+    opt = build_optimizer(create_model("mobilenet_v3_small", width=0.25, num_classes=100, cifar_stem=3), cfg)
+    assert [(g["weight_decay"], g["momentum"], g["nesterov"]) for g in opt.param_groups] == [(0.0, 0.9, False)]
+    result = fit(tiny(tmp_path, recipe="baseline", epochs=1), reporter=Reporter(enabled=False))
+    _, meta = load_checkpoint(result.run_dir / "best.safetensors")
+    assert meta.preprocessing.mean == CIFAR100_MEAN and meta.preprocessing.std == CIFAR100_STD  # on any data
 
 
 def test_cli_train_and_eval(tmp_path):
@@ -468,6 +514,7 @@ def test_cli_train_and_eval(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "best top-1" in result.stdout and (out / "best.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["cifar_stem"] == 3  # --cifar-stem: --stem-layers 3
     ev = runner.invoke(app, ["eval", "mobilenet_v3_small", "--weights", str(out / "best.safetensors"),
                              "--data", "synthetic:64", "--json"])
     assert ev.exit_code == 0, ev.output
@@ -511,7 +558,6 @@ def _ddp_worker(rank, world, port, cfg_dict, queue):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from mobilenets.train.engine import TrainConfig
     result = fit(TrainConfig.from_dict(cfg_dict), reporter=Reporter(enabled=False))
     queue.put((rank, result.history[-1]["val_top1"], result.history[-1]["train_loss"]))
 
@@ -604,3 +650,237 @@ def test_kill_9_under_torchrun_then_resume_matches_an_uninterrupted_run(tmp_path
     resumed = subprocess.run([*launch, "--resume", str(cut)], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_run(cut, tmp_path / "whole", epochs=3)
+
+
+# ------------------------------------------------------------------ the configuration and its checks
+
+def one_line_error(result, *needles: str) -> str:
+    """The CLI refused with exit code 2 and one line naming the problem, no traceback."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert all(n in lines[0] for n in needles), result.output
+    return lines[0]
+
+
+def test_every_option_is_one_field_with_its_metadata():
+    """Each field of TrainConfig carries its help and group, and is an option of `train` with that help."""
+    import dataclasses
+
+    import typer
+
+    from mobilenets.train.config import GROUPS, OPTIONS, flag
+    command = typer.main.get_command(app).commands["train"]
+    params = {p.name: p for p in command.params}
+    for f in dataclasses.fields(TrainConfig):
+        opt = OPTIONS[f.name]
+        assert opt.help and (opt.group in GROUPS or f.name == "recipe"), f.name
+        param = params[f.name]
+        assert opt.help.split("(")[0].strip() in " ".join(param.help.split()), f.name
+        if not opt.argument:
+            assert flag(f.name) in param.opts, f.name
+    assert params["cifar_stem__shortcut"].opts == ["--cifar-stem"] and params["cifar_stem"].opts == ["--stem-layers"]
+
+
+def test_every_recipe_is_a_valid_config_and_config_json_round_trips():
+    from mobilenets.train.config import OPTIONS
+    from mobilenets.train.recipes import RECIPES
+    from mobilenets.train.rundir import finite
+    for name, preset in RECIPES.items():
+        assert set(preset) <= set(OPTIONS), name
+        cfg = resolve_config(name)
+        text = json.dumps(finite(cfg.to_dict()), allow_nan=False)
+        assert TrainConfig.from_dict(json.loads(text)) == cfg
+    # config.json of earlier versions: flags for TTA and flips, a bool CIFAR stem, bf16 as true/false
+    old = TrainConfig.from_dict({"tta": True, "flip": False, "cifar_stem": True, "bf16": False, "gone": 1})
+    assert (old.tta, old.flip, old.cifar_stem, old.bf16) == ("mirror", "none", 3, False)
+    assert TrainConfig.from_dict({"cifar_stem": 1}).cifar_stem == 1  # 1 is a count of layers, not True
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("lr", float("inf"), "--lr must be a finite number, got inf"),
+    ("lr", float("nan"), "--lr must be a finite number, got nan"),
+    ("momentum", float("-inf"), "--momentum must be a finite number"),
+    ("width", 1e6, "--width must be in (0, 4], got 1000000.0"),
+    ("width", float("inf"), "--width must be a finite number"),
+    ("epochs", "two", "--epochs must be an integer, got 'two'"),
+    ("step_milestones", "15,x", "--step-milestones takes numbers separated by commas"),
+    ("step_milestones", "0.5,-1", "--step-milestones must be > 0, got -1.0"),
+    ("bf16", "maybe", "--bf16 must be one of auto, on, off, got 'maybe'"),
+    ("model", "mobilenet_v9", "unknown model 'mobilenet_v9'"),
+])
+def test_bad_values_are_refused_by_the_config(option, value, message):
+    with pytest.raises(UsageError) as err:
+        resolve_config(**{option: value})
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be a finite number"),
+    (["--width", "inf"], "--width must be a finite number"),
+    (["--width", "1e6"], "--width must be in (0, 4]"),
+    (["--device", "gpu9"], "unknown device 'gpu9'"),
+    (["--cifar-stem", "--stem-layers", "2"], "--cifar-stem means --stem-layers 3"),
+    (["--weights", "/no/such/best.safetensors"], "no such checkpoint: /no/such/best.safetensors"),
+])
+def test_cli_refuses_bad_options_in_one_line_before_any_work(tmp_path, args, needle):
+    """The data folder does not exist: a check that came after loading the data would say so instead."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "mobilenet_v3_small", "--data", f"folder:{tmp_path / 'none'}", *args, "-o",
+                            str(out)])
+    one_line_error(r, needle)
+    assert not out.exists()
+
+
+def test_cli_checks_the_model_name_and_the_output_before_the_data(tmp_path):
+    missing = f"folder:{tmp_path / 'none'}"
+    one_line_error(runner.invoke(app, ["train", "mobilenet_v9", "--data", missing]), "unknown model 'mobilenet_v9'")
+    taken = tmp_path / "file.txt"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "run"):
+        one_line_error(runner.invoke(app, ["train", "mobilenet_v3_small", "--data", missing, "-o", str(out)]),
+                       f"{taken} is a file")
+    assert taken.read_text() == "not a folder"
+    one_line_error(runner.invoke(app, ["train", "--resume", str(tmp_path), "--epochs", "3"]), "drop --epochs")
+    one_line_error(runner.invoke(app, ["train", "mobilenet_v3_small"]), "give MODEL and --data")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_refuses_cuda_on_a_machine_without_it(tmp_path):
+    for device in ("cuda", "cuda:1"):
+        r = runner.invoke(app, ["train", "mobilenet_v3_small", "--data", f"folder:{tmp_path / 'none'}", "--device",
+                                device])
+        one_line_error(r, f"--device {device}: this machine has no CUDA GPU")
+    r = runner.invoke(app, ["eval", str(tmp_path / "x.safetensors"), "--data", "synthetic", "--device", "cuda"])
+    one_line_error(r, "no CUDA GPU")
+
+
+def test_train_help_shows_each_recipes_defaults():
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.replace("│", " ").split())
+    assert "[default: 0.1 (recipe default); cifar10_60min: 0.2]" in text  # --lr
+    assert "[default: 0.5,0.75 (recipe default); baseline: 15,20,30]" in text  # --step-milestones
+    assert "[default: --channels-last (recipe default); baseline: --nchw]" in text
+    assert "[default: auto]" in text and "[required]" in text  # --device as every verb; --data
+
+
+def test_run_files_are_strict_json(tmp_path):
+    from mobilenets.train.rundir import write_metrics
+    row = {"epoch": 1, "epochs": 1, "lr": 0.1, "train_loss": float("nan"), "train_top1": 10.0,
+           "val_loss": float("inf"), "val_top1": None, "val_top5": None, "images_per_s": 1.0, "epoch_time_s": 1.0,
+           "elapsed_s": 1.0}
+    write_metrics(tmp_path, [row])
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a run file"))
+    assert strict((tmp_path / "metrics.json").read_text())[0]["train_loss"] is None
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith("1,1,0.1,,10,,")
+    result = fit(tiny(tmp_path, "run", epochs=1), reporter=Reporter(enabled=False))
+    for name in ("config.json", "metrics.json", "summary.json"):
+        strict((result.run_dir / name).read_text())
+
+
+# ----------------------------------------------------------------------- the time budget's pace
+
+def test_an_epoch_that_compiled_counts_at_the_pace_of_its_other_steps():
+    first = EpochTime(train_s=278.0, steps=351, warm_s=158.3, warm_steps=1)  # torch.compile in its first step
+    assert first.steady_s == pytest.approx((278.0 - 158.3) * 351 / 350)
+    assert EpochTime(120.0, 351).steady_s == 120.0 and EpochTime(5.0, 1, 4.0, 1).steady_s == 5.0
+
+
+def test_the_budget_plans_from_steady_state_epochs_not_from_compilation():
+    """The probe says 120 s an epoch; epoch 1 takes 278 s, 158 s of it compiling in its first step. The
+    plan after epoch 1 stays where steady epochs put it, instead of shrinking to a fraction."""
+    def after_first(took: EpochTime) -> tuple[int, int]:
+        budget = TimeBudget(59, limit=60, every=8, cost=lambda e, n: 120.0, val_s=10.0)
+        planned = budget.plan(elapsed=60.0)
+        return planned, budget.after_epoch(1, planned, 60.0 + took.train_s, took)
+
+    planned, steady = after_first(EpochTime(120.0, 351))
+    _, compiled = after_first(EpochTime(278.0, 351, warm_s=158.3, warm_steps=1))
+    _, counted = after_first(EpochTime(278.0, 351))  # compilation taken as the pace of every epoch
+    assert planned == 27 and steady == 27 and compiled == 26  # the 158 s are spent once, not every epoch
+    assert counted == 12
+
+
+def test_the_loop_tells_the_budget_which_steps_compiled(tmp_path, monkeypatch):
+    """The first step at each input size sets up (with --compile: compiles) the kernels for it; the loop
+    reports those steps apart. Progressive resizing: 8, 12, 16 then 16 px."""
+    seen = []
+    real = TimeBudget.after_epoch
+
+    def record(self, epoch, epochs, elapsed, took):
+        seen.append(took)
+        return real(self, epoch, epochs, elapsed, took)
+
+    monkeypatch.setattr(TimeBudget, "after_epoch", record)
+    result = fit(tiny(tmp_path, epochs=4, resize_from=8, time_budget_min=30), reporter=Reporter(enabled=False))
+    assert [r["train_size"] for r in result.history] == [8, 12, 16, 16]
+    assert [t.warm_steps for t in seen] == [1, 1, 1, 0] and all(t.steps == 4 for t in seen)
+    assert all(0 < t.warm_s < t.train_s for t in seen[:3])
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+def test_eval_takes_a_run_directory_a_checkpoint_or_an_export(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mobilenets.deploy.export import export
+    result = fit(tiny(tmp_path, epochs=1), reporter=Reporter(enabled=False))
+    run = result.run_dir
+    by_run = evaluate_target(run, "synthetic:128")
+    by_file = evaluate_target(run / "best.safetensors", "synthetic:128")
+    by_name = evaluate_target("mobilenet_v3_small", "synthetic:128", weights=run / "best.safetensors")
+    assert by_run["kind"] == "run" and by_file["kind"] == by_name["kind"] == "checkpoint"
+    assert by_run["top1"] == by_file["top1"] == by_name["top1"] == pytest.approx(result.last["val_top1"])
+    onnx = export(run / "best.safetensors", "onnx", tmp_path / "model.onnx").path
+    by_export = evaluate_target(onnx, "synthetic:128", tta="mirror")
+    assert by_export["kind"] == "export" and by_export["images"] == by_file["images"]
+    assert by_export["top1_single"] == pytest.approx(by_file["top1"])
+    assert by_export["preprocessing"] == by_file["preprocessing"]
+    r = runner.invoke(app, ["eval", str(onnx), "--data", "synthetic:128", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["loss"] == pytest.approx(by_file["loss"], rel=1e-4)
+    r = runner.invoke(app, ["eval", str(run), "--data", "synthetic:128"])
+    assert r.exit_code == 0 and "best.safetensors" in r.stdout, r.output
+
+
+def test_eval_refuses_bad_input(tmp_path):
+    r = runner.invoke(app, ["eval", str(tmp_path / "x.safetensors"), "--data", "synthetic", "--batch-size", "0"])
+    assert r.exit_code == 2 and "--batch-size" in r.output and "Traceback" not in r.output, r.output
+    one_line_error(runner.invoke(app, ["eval", "mobilenet_v3_small", "--data", "synthetic"]),
+                   "is a model name: give its checkpoint")
+    one_line_error(runner.invoke(app, ["eval", str(tmp_path / "x.safetensors"), "--data", "synthetic",
+                                       "--val-size", "lots"]), "--val-size must be a count, a fraction < 1 or none")
+    with pytest.raises(UsageError, match="batch-size must be >= 1"):
+        evaluate_target(tmp_path, "synthetic", batch_size=0)
+
+
+def test_eval_val_size_none_scores_all_of_train(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / "train" / c / f"{i}.png")
+    data = f"folder:{tmp_path / 'imgs'}"
+    result = fit(tiny(tmp_path, epochs=1, data=data, val_size=4, batch_size=8), reporter=Reporter(enabled=False))
+    for args, images in (([], 4), (["--val-size", "none"], 20), (["--val-size", "6"], 6), (["--val-size", "0.5"], 10)):
+        r = runner.invoke(app, ["eval", str(result.run_dir), "--data", data, "--json", *args])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["images"] == images, args
+
+
+def test_cli_words_map_to_config_values(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "mobilenet_v3_small", "--data", "synthetic:64", "--width", "0.25", "--stem-layers",
+                            "2", "--resolution", "16", "--epochs", "1", "-b", "32", "--threads", "1", "--bf16", "off",
+                            "--policy", "none", "--schedule", "step", "--step-milestones", "1,0.5", "--no-nesterov",
+                            "--nchw", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["bf16"], saved["policy"], saved["step_milestones"], saved["cifar_stem"], saved["batch_size"]) == (
+        False, None, [1.0, 0.5], 2, 32)
+    assert (saved["nesterov"], saved["channels_last"]) == (False, False)
+    assert json.loads(r.stdout)["last"]["epoch"] == 1

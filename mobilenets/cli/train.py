@@ -1,67 +1,85 @@
 """Verbs that train and evaluate: ``train`` and ``eval``.
 
-Thin layers over ``mobilenets.train.fit`` and ``mobilenets.train.evaluate_checkpoint``.
-Exit codes: 0 done, 1 training diverged (NaN/inf loss; the last good checkpoint is kept),
-2 bad input. Under ``torchrun`` the same command trains with DistributedDataParallel.
+Thin layers over ``mobilenets.train.fit`` and ``mobilenets.evaluate.evaluate``. The options of
+``train`` are not written here: each is generated from a field of ``TrainConfig`` and its metadata
+(``train.config``), so adding a field adds the option, its help, its recipe defaults and its checks.
+Exit codes: 0 done, 1 training diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad
+input. Under ``torchrun`` the same command trains with DistributedDataParallel.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import console, err_console, fail
+from ..evaluate import evaluate
+from ..train import fit
+from ..train.config import (
+    OPTIONS,
+    Option,
+    cli_flags,
+    cli_type,
+    flag,
+    range_text,
+    recipe_values,
+    resolve_config,
+    spelled,
+)
+from ..train.loop import TrainingDiverged
+from ..train.recipes import RECIPES, get_recipe
+from ..train.report import Reporter
+from . import options
+from .common import console, err_console, fail
+
+PANELS = {"model": "Model", "data": "Data", "optimisation": "Optimisation", "schedule": "Schedule",
+          "augmentation": "Augmentation", "system": "System", "evaluation": "Evaluation"}
+SHORTCUT = "__shortcut"  # suffix of the parameter of a field's shortcut flag (--cifar-stem)
 
 
-def _rich_reporter():
-    from ..train.engine import Reporter
+class RichReporter(Reporter):
+    """A progress bar per epoch with throughput (images/s), loss and ETA."""
 
-    class RichReporter(Reporter):
-        """A progress bar per epoch with throughput (images/s), loss and ETA."""
+    def __init__(self):
+        super().__init__()
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[ips]:>6.0f} img/s  loss {task.fields[loss]:.4f}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console)
+        self.task = None
+        self.images, self.t0 = 0, 0.0
+        self.started = False
 
-        def __init__(self):
-            super().__init__()
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[ips]:>6.0f} img/s  loss {task.fields[loss]:.4f}"),
-                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                     console=err_console)
-            self.task = None
-            self.images = 0
-            self.started = False
+    def log(self, message: str) -> None:
+        (self.progress.console if self.started else err_console).print(message, highlight=False)
 
-        def log(self, message: str) -> None:
-            (self.progress.console if self.started else err_console).print(message, highlight=False)
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        self.images, self.t0 = 0, time.perf_counter()
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, ips=0.0, loss=float("nan"))
 
-        def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-            import time
-            if not self.started:
-                self.progress.start()
-                self.started = True
-            self.images, self.t0 = 0, time.perf_counter()
-            self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, ips=0.0, loss=float("nan"))
+    def step(self, images: int, loss: float) -> None:
+        self.images += images
+        ips = self.images / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(self.task, advance=1, ips=ips, loss=loss)
 
-        def step(self, images: int, loss: float) -> None:
-            import time
-            self.images += images
-            ips = self.images / max(time.perf_counter() - self.t0, 1e-9)
-            self.progress.update(self.task, advance=1, ips=ips, loss=loss)
+    def epoch_end(self, row: dict) -> None:
+        val = f"val top-1 {row['val_top1']:.2f}%" if row["val_top1"] is not None else "not validated"
+        self.progress.update(self.task, description=f"epoch {row['epoch']}/{row['epochs']}  {val}")
 
-        def epoch_end(self, row: dict) -> None:
-            val = f"val top-1 {row['val_top1']:.2f}%" if row["val_top1"] is not None else "not validated"
-            self.progress.update(self.task, description=f"epoch {row['epoch']}/{row['epochs']}  {val}")
-
-        def close(self) -> None:
-            if self.started:
-                self.progress.stop()
-
-    return RichReporter()
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
 
 
 @contextlib.contextmanager
@@ -79,110 +97,87 @@ def _warnings_as_lines():
         warnings.showwarning = old
 
 
-def train_cmd(
-    model: Annotated[str | None, typer.Argument(help="model name, e.g. mobilenet_v3_small (see `mobilenets list`)")]
-    = None,
-    data: Annotated[str | None, typer.Option(help="cifar10:PATH, cifar100:PATH, folder:PATH (train/ [val/]) "
-                                             "or synthetic[:N]")] = None,
-    recipe: Annotated[str, typer.Option(help="named preset: baseline (the seed's), default, cifar10_60min")]
-    = "default",
-    width: Annotated[float | None, typer.Option(help="width multiplier")] = None,
-    dropout: Annotated[float | None, typer.Option(help="dropout before the classifier (default: the model's)")]
-    = None,
-    cifar_stem: Annotated[bool, typer.Option("--cifar-stem", help="the seed's CIFAR stem: stride 1 in the "
-                                             "first 3 stride-2 layers (32x32 inputs)")] = False,
-    stem_layers: Annotated[int | None, typer.Option(help="how many leading stride-2 layers become stride 1 "
-                                                    "(2: output stride 8)")] = None,
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="fine-tune from this checkpoint or "
-                                                "weight source (the classifier is re-initialised if needed)")] = None,
-    epochs: Annotated[int | None, typer.Option(help="epochs (an upper limit with --time-budget-min)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="images per step and process")] = None,
-    micro_batch: Annotated[int | None, typer.Option(help="run each batch through the model in parts of this many "
-                                                    "images, gradients summed (BN per part; 0: whole)")] = None,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd, rmsprop or adamw")] = None,
-    schedule: Annotated[str | None, typer.Option(help="step, cosine, onecycle, linear or constant")] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(help="linear warm-up epochs")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="weight decay (not on BN and biases)")] = None,
-    no_decay_depthwise: Annotated[bool | None, typer.Option("--no-decay-depthwise/--decay-depthwise",
-                                                            help="no weight decay on depthwise filters "
-                                                            "(MobileNetV1 paper)")] = None,
-    zero_init_residual: Annotated[bool | None, typer.Option("--zero-init-residual/--no-zero-init-residual",
-                                                            help="from scratch: each residual branch's last BN "
-                                                            "starts at 0")] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="label smoothing")] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="EMA of weights per step (0: off)")] = None,
-    flip: Annotated[str | None, typer.Option(help="horizontal flips: random, alternate (each image mirrored every "
-                                             "other epoch) or none")] = None,
-    cutout: Annotated[int | None, typer.Option(help="cutout square side in pixels (0: off)")] = None,
-    policy: Annotated[str | None, typer.Option(help="autoaugment or randaugment")] = None,
-    channels_last: Annotated[bool | None, typer.Option("--channels-last/--nchw", help="memory format")] = None,
-    bf16: Annotated[str | None, typer.Option(help="bfloat16 autocast: auto, on or off")] = None,
-    bf16_pointwise: Annotated[bool | None, typer.Option("--bf16-pointwise/--fp32-pointwise",
-                                                        help="bf16 in the 1x1 convolutions only (where the "
-                                                        "CPU/GPU has bf16)")] = None,
-    fast_depthwise: Annotated[bool | None, typer.Option("--fast-depthwise/--no-fast-depthwise",
-                                                        help="CPU: compiled depthwise weight gradients")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile",
-                                                 help="torch.compile the training step (the first step "
-                                                 "compiles, minutes on a CPU)")] = None,
-    keep_memory: Annotated[bool | None, typer.Option("--keep-memory/--no-keep-memory",
-                                                     help="CPU: malloc keeps freed memory (no page faults "
-                                                     "per step; the process keeps its peak size)")] = None,
-    tta: Annotated[str | None, typer.Option(help="validation views: none, mirror (each image and its mirror) or "
-                                            "mirror-shift (also shifted 1 px both ways)")] = None,
-    resize_from: Annotated[int | None, typer.Option(help="progressive resizing: train at this size (px) first, "
-                                                    "growing to full size (0: off)")] = None,
-    resize_until: Annotated[float | None, typer.Option(help="progressive resizing: full size from this fraction of "
-                                                       "the epochs on")] = None,
-    val_every: Annotated[int | None, typer.Option(help="validate epoch 1, every N-th epoch and the last")]
-    = None,
-    resolution: Annotated[int | None, typer.Option(help="input resolution (default: from the data)")] = None,
-    preset: Annotated[str | None, typer.Option(help="preprocessing: cifar or imagenet (default: from the data)")]
-    = None,
-    val_size: Annotated[float | None, typer.Option(help="images held out of train/ when there is no val/ "
-                                                   "(a count, or a fraction < 1)")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of init, shuffling, augmentation and the split")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="an unreadable image is an error, not skipped")] = False,
-    time_budget_min: Annotated[float | None, typer.Option(help="fit the run, data loading included, in this many "
-                                                          "minutes (picks the epochs; 0: none, so a preset "
-                                                          "runs exactly --epochs)")] = None,
-    workers: Annotated[int | None, typer.Option(help="data loader workers (folders of large images)")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads per process")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default runs/train/MODEL)")]
-    = None,
-    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
-) -> None:
-    """Train a MobileNet (one process, or many under torchrun); writes a run directory."""
-    from ..train import fit, resolve_config
-    from ..train.engine import Reporter, TrainingDiverged
+# ------------------------------------------------------------------------ train's options, generated
 
-    with _warnings_as_lines():
-        if resume is not None:
-            cfg = None
+def _defaults(name: str) -> str:
+    """The value each recipe gives field ``name`` (what applies when the option is not given)."""
+    if OPTIONS[name].required:
+        return "[required]"
+    if name == "recipe":
+        return "[default: default]"
+    values = {recipe: spelled(name, recipe_values(recipe)[name]) for recipe in RECIPES}
+    if set(values.values()) == {"unset"}:
+        return ""
+    base = values["default"]
+    others = [f"{recipe}: {v}" for recipe, v in values.items() if v != base]
+    return f"[default: {base}" + (f" (recipe default); {'; '.join(others)}]" if others else "]")
+
+
+def _help(name: str, opt: Option) -> str:
+    parts = [opt.help]
+    if opt.choices is not None and not all(spelled(name, c) in opt.help for c in opt.choices):
+        parts.append(f"({', '.join(spelled(name, c) for c in opt.choices)})")
+    limits = range_text(opt)
+    if limits:
+        parts.append(f"({limits})")
+    return escape(" ".join([*parts, _defaults(name)]).strip())
+
+
+def _parameters() -> list[inspect.Parameter]:
+    """One parameter per field of ``TrainConfig`` (and per shortcut flag), from its metadata. Every
+    default is None ("not given": the recipe's value applies); the checks are the config's own, so
+    that a bad value is one line naming the option."""
+    params = []
+    for name, opt in OPTIONS.items():
+        panel = PANELS.get(opt.group)
+        if opt.argument:
+            info = typer.Argument(None, help=escape(f"{opt.help} {_defaults(name)}"), show_default=False)
         else:
-            from ..train import get_recipe
-            if data is None or (model is None and "model" not in get_recipe(recipe)):
-                fail("give MODEL and --data (or --resume RUN_DIR)")
-            bf = {"auto": "auto", "on": True, "off": False, None: None}.get(bf16, "bad")
-            if bf == "bad":
-                fail(f"--bf16 must be auto, on or off, got {bf16!r}")
-            stem = stem_layers if stem_layers is not None else (3 if cifar_stem else None)
-            cfg = resolve_config(
-                recipe, model=model, data=data, width=width, dropout=dropout, cifar_stem=stem, weights=weights,
-                epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, optimizer=optimizer,
-                schedule=schedule, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-                no_decay_depthwise=no_decay_depthwise, zero_init_residual=zero_init_residual,
-                label_smoothing=label_smoothing,
-                ema_decay=ema_decay, flip=flip, cutout=cutout, policy=policy, channels_last=channels_last, bf16=bf,
-                bf16_pointwise=bf16_pointwise, fast_depthwise=fast_depthwise, compile=compile,
-                keep_memory=keep_memory, tta=tta, val_every=val_every,
-                resize_from=resize_from, resize_until=resize_until, resolution=resolution, preset=preset,
-                val_size=val_size, seed=seed, strict=strict or None, time_budget_min=time_budget_min,
-                workers=workers, threads=threads, device=device, output=str(output) if output else None)
-        reporter = _rich_reporter() if err_console.is_terminal and not as_json else Reporter()
+            info = typer.Option(None, *cli_flags(name), help=_help(name, opt), show_default=False,
+                                rich_help_panel=panel)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                        annotation=cli_type(name) | None))
+        if opt.shortcut is not None:
+            switch, _, help_ = opt.shortcut
+            params.append(inspect.Parameter(name + SHORTCUT, inspect.Parameter.KEYWORD_ONLY, annotation=bool | None,
+                                            default=typer.Option(None, switch, help=help_, show_default=False,
+                                                                 rich_help_panel=panel)))
+    model = next(p for p in params if p.name == "model")
+    params.remove(model)
+    extra = [inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(
+                 None, "--resume", help="continue the run in this directory (its options are the run's own)")),
+             inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=options.Json, default=False)]
+    return [model.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD), *params, *extra]
+
+
+def _given(values: dict) -> dict:
+    """The config fields the user gave (shortcut flags folded into their field)."""
+    given = {k: v for k, v in values.items() if k in OPTIONS and v is not None}
+    for name, opt in OPTIONS.items():
+        if opt.shortcut is not None and values.get(name + SHORTCUT):
+            spelled, value, _ = opt.shortcut
+            if given.get(name, value) != value:
+                fail(f"{spelled} means {flag(name)} {value}; give one of them")
+            given[name] = value
+    return given
+
+
+def train_cmd(model=None, **values) -> None:
+    """Train a MobileNet (one process, or many under torchrun); writes a run directory."""
+    resume, as_json = values.pop("resume"), values.pop("as_json")
+    given = _given({"model": model, **values})
+    with _warnings_as_lines():
+        cfg = None
+        if resume is not None:
+            if given:
+                fail(f"--resume continues a run with its own options; drop {', '.join(map(flag, given))}")
+        else:
+            recipe = given.pop("recipe", "default")
+            missing = [flag(n) for n, o in OPTIONS.items() if o.required and n not in given]
+            if missing or ("model" not in given and "model" not in get_recipe(recipe)):
+                fail(f"give MODEL and {' '.join(missing) or '--data'} (or --resume RUN_DIR)")
+            cfg = resolve_config(recipe, **given)
+        reporter = RichReporter() if err_console.is_terminal and not as_json else Reporter()
         try:
             result = fit(cfg, resume=resume, reporter=reporter)
         except TrainingDiverged as exc:
@@ -208,35 +203,35 @@ def train_cmd(
                   highlight=False)
 
 
+train_cmd.__signature__ = inspect.Signature(_parameters())
+train_cmd.__annotations__ = {}
+
+
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="model name, or a .safetensors checkpoint")],
+    target: Annotated[str, typer.Argument(help="a training run directory, a checkpoint, an exported file (.onnx, "
+                                               ".xml, .tflite), or a model name with --weights")],
     data: Annotated[str, typer.Option(help="cifar10:PATH, cifar100:PATH, folder:PATH or synthetic[:N]")],
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file")] = None,
-    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 100,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
-    strict: Annotated[bool, typer.Option("--strict", help="an unreadable image is an error, not skipped")] = False,
-    val_size: Annotated[float | None, typer.Option(help="folder without val/: the images training held out "
-                                                   "(default: as the checkpoint records; none: all of train/)")]
+    weights: Annotated[str | None, typer.Option("--weights", "-w", help="the checkpoint of the model named")]
     = None,
+    batch_size: options.BatchSize = 100,
+    device: options.Device = "auto",
+    strict: Annotated[bool, typer.Option("--strict", help="an unreadable image is an error, not skipped")] = False,
+    val_size: Annotated[str | None, typer.Option(help=escape("a folder without val/: the images training held out, "
+                                                        "a count or a fraction < 1, or none: all of train/ [default: "
+                                                        "as the checkpoint records]"), show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="seed of that held-out split (default: the checkpoint's)")] = None,
     tta: Annotated[str, typer.Option(help="views scored: none, mirror (each image and its mirror) or mirror-shift "
                                           "(also shifted 1 px both ways)")] = "none",
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
+    as_json: options.Json = False,
 ) -> None:
-    """Top-1, top-5 and loss of a checkpoint, preprocessed as its training's eval path."""
-    from ..train import evaluate_checkpoint
-    if weights is None:
-        if not model.endswith((".safetensors", ".pth", ".pt")):
-            fail("give --weights FILE (a checkpoint written by `mobilenets train`)")
-        weights, model = model, None
+    """Top-1, top-5 and loss of a trained model (run directory, checkpoint or exported file) on a data set."""
     with _warnings_as_lines():
-        res = evaluate_checkpoint(weights, data, model=model, batch_size=batch_size, device=device, strict=strict,
-                                  val_size=int(val_size) if val_size and val_size >= 1 else val_size, seed=seed,
-                                  tta=tta)
+        res = evaluate(target, data, weights=weights, batch_size=batch_size, device=device, strict=strict,
+                       val_size=val_size, seed=seed, tta=tta)
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
-    table = Table(title=f"{weights} on {data} ({res['split']})")
+    table = Table(title=f"{res['weights'] or target} on {data} ({res['split']})")
     cols = ("images", f"top-1 ({tta} TTA)" if tta != "none" else "top-1", "top-5", "loss", "skipped")
     cells = [str(res["images"]), f"{res['top1']:.2f}%", f"{res['top5']:.2f}%", f"{res['loss']:.4f}",
              str(len(res["skipped"]))]

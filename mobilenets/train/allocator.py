@@ -2,11 +2,9 @@
 
 A training step frees and re-allocates the same large activation buffers every step. glibc's
 defaults hand blocks above its mmap threshold back to the kernel when they are freed, and the
-next step faults them back in page by page: 5,000 to 20,000 page faults per step for a
-MobileNetV3-Small at batch 64 on 32x32 images, 5-10% of the step in the kernel zeroing pages.
-With two training processes on two cores that costs about 1.15x in throughput
-(``benchmarks/train_throughput.py``). Serving every allocation from the heap and never trimming it
-keeps the pages mapped; the process keeps its peak footprint instead.
+next step faults them back in page by page, its time spent in the kernel zeroing pages
+(``benchmarks/train_throughput.py`` measures the cost). Serving every allocation from the heap
+and never trimming it keeps the pages mapped; the process keeps its peak footprint instead.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torchvision.transforms import v2 as T
 
 from ..core.preprocessing import Preprocessing
 
@@ -58,7 +59,6 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator, fill: tuple[float, ..
 
 
 def _policy(x: torch.Tensor, name: str, g: torch.Generator) -> torch.Tensor:
-    from torchvision.transforms import v2 as T
     tf = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10) if name == "autoaugment" else T.RandAugment()
     # torchvision draws from the global RNG: fork it, seeded from our generator, to stay replayable.
     seed = int(torch.randint(0, 2**62, (1,), generator=g))

@@ -52,15 +52,12 @@ def teardown(ctx: Context) -> None:
 
 def wrap(model: torch.nn.Module, ctx: Context, compile: bool = False) -> torch.nn.Module:
     """The module to train: ``model``, ``torch.compile``d if asked, inside DistributedDataParallel
-    when distributed (compiled inside DDP, not around it: that ran 1.11x faster on 2 CPU processes,
-    401 against 363 images/s, V3-Small 1.25).
+    when distributed (compiled inside DDP, not around it: that measured faster).
 
     On CPU, Dynamo's ``optimize_ddp`` is turned off: the compiled graph is no longer split at DDP's
     gradient buckets, so Inductor fuses across them, and gloo between processes on one machine loses
-    little by not overlapping the all-reduce with the backward pass. 2 x 1-thread processes,
-    V3-Small with the seed's stem, batch 64 each: 204 images/s against 195 with the split graph
-    and 177-183 eager, in one run. The ``cifar10_60min`` preset's V3-Large 0.5 (stride-8 stem):
-    508-515 images/s either way.
+    little by not overlapping the all-reduce with the backward pass (``benchmarks/train_throughput.py``
+    measures both).
     """
     if compile and ctx.distributed and ctx.device.type == "cpu":
         torch._dynamo.config.optimize_ddp = False  # process-wide; this process only trains

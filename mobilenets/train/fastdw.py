@@ -1,11 +1,10 @@
 """Faster depthwise convolutions in CPU training: the weight gradient as a compiled loop.
 
-On CPU, oneDNN computes a depthwise convolution's weight gradient about 5x slower than its
-forward pass (37 vs 8 ms for 576 channels at 8x8, batch 128, one thread), which makes it about a
-quarter of a MobileNet training step. ``numba`` compiles the plain loop over channels-last
-tensors (vectorised over channels, the accumulator kept in cache) and does it 4-5x faster;
-the forward pass and the input gradient stay with PyTorch. ``benchmarks/train_throughput.py``
-measures the whole step with and without it.
+On CPU, oneDNN computes a depthwise convolution's weight gradient several times slower than its
+forward pass, which makes it a large share of a MobileNet training step. ``numba`` compiles the
+plain loop over channels-last tensors (vectorised over channels, the accumulator kept in cache),
+which is faster; the forward pass and the input gradient stay with PyTorch.
+``benchmarks/train_throughput.py`` measures the whole step with and without it.
 
 ``enable(model)`` switches every eligible depthwise ``nn.Conv2d`` of a model to this path (the
 parameters, state dict and eval/export behaviour are unchanged); without numba it is a no-op.

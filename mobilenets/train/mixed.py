@@ -1,13 +1,13 @@
 """bf16 for the 1x1 convolutions only, in training (``--bf16-pointwise``).
 
 The 1x1 convolutions are the GEMMs of a MobileNet, where a CPU with AVX512-BF16 (or AMX) does
-twice the work per instruction in bfloat16. Autocasting the whole model also puts the depthwise
-convolutions, which are memory-bound, through oneDNN's bf16 kernels and adds casts around every
-BN: on our 2-core AVX512-BF16 machine a MobileNetV3-Small training step ran at 0.4x of fp32
-that way, and at 1.14x with bf16 in the 1x1 convolutions only (fp32 in, out, weights and
-optimizer state; the casts are autocast's, so gradients flow back in fp32).
-``benchmarks/train_throughput.py`` measures it. Eval, EMA copies in eval mode, the state dict and
-exports are unchanged: the class swap only changes what a training forward does.
+twice the work per instruction in bfloat16. Autocasting the whole model (``--bf16 on``) also puts
+the depthwise convolutions, which are memory-bound, through oneDNN's bf16 kernels and adds casts
+around every BN, which costs more than it saves on a CPU; here only the 1x1 convolutions compute
+in bf16 (fp32 in, out, weights and optimizer state; the casts are autocast's, so gradients flow
+back in fp32). ``benchmarks/train_throughput.py`` measures both; the figures are in
+``benchmarks/results``. Eval, EMA copies in eval mode, the state dict and exports are unchanged:
+the class swap only changes what a training forward does.
 """
 from __future__ import annotations
 
