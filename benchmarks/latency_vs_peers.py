@@ -2,8 +2,9 @@
 
 MobileNetV1 1.0, V2 1.0, V3-Large 1.0 and V3-Small 1.0 at 224, batch 1, 1 thread, on every
 installed runtime (ours: our exports; peers: timm's V1, torchvision's V2/V3 exported the way their
-users export them). With ``--int8`` our int8 exports join the grid. Prints one line per model and
-writes everything to ``benchmarks/results/latency_vs_peers.json``.
+users export them). With ``--int8`` our int8 exports join the grid. Every cell is measured afresh
+(the measurement cache is bypassed): the figures of one run are compared with each other. Prints
+one line per model and writes everything to ``benchmarks/results/latency_vs_peers.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/latency_vs_peers.py [--iters 1000] [--int8]
 """
@@ -13,9 +14,21 @@ import argparse
 import json
 from pathlib import Path
 
+from mobilenets.core.files import atomic_write_text
 from mobilenets.measure.bench import bench
 
 MODELS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+
+
+def _progress():
+    """Print each new step of the bench (what is exported or timed) once."""
+    last = [None]
+
+    def show(label: str, done: float, total: float) -> None:
+        if label != last[0]:
+            print(label, flush=True)
+            last[0] = label
+    return show
 
 
 def main() -> None:
@@ -29,13 +42,13 @@ def main() -> None:
     args = ap.parse_args()
     report = bench(MODELS, backends=args.backends.split(",") if args.backends else None,
                    precisions=["fp32", "int8"] if args.int8 else ["fp32"], peers=True, warmup=args.warmup,
-                   iters=args.iters, rounds=args.rounds, status=print)
+                   iters=args.iters, rounds=args.rounds, fresh=True, progress=_progress())
     summary = []
     for name in MODELS:
         ours, peer = report.best(name, impl="mobilenets"), report.best(name, impl="peer")
         line = dict(model=name, ours_backend=ours.backend, ours_ms=ours.timing.median_ms,
-                    ours_p90_ms=ours.timing.p90_ms, floor_ms=ours.floor_ms,
-                    floor_fraction=ours.floor_ms / ours.timing.median_ms)
+                    ours_p90_ms=ours.timing.p90_ms, gemm_floor_ms=ours.floor_ms,
+                    gemm_floor_fraction=ours.floor_ms / ours.timing.median_ms)
         if peer:
             line.update(peer=f"{peer.impl} {peer.peer_model}", peer_backend=peer.backend,
                         peer_ms=peer.timing.median_ms, speedup=peer.timing.median_ms / ours.timing.median_ms)
@@ -46,15 +59,14 @@ def main() -> None:
         print(f"{name:20s} ours {ours.timing.median_ms:6.2f} ms ({ours.backend})"
               + (f"  best peer {peer.timing.median_ms:6.2f} ms ({peer.impl} on {peer.backend})"
                  f"  speedup {line['speedup']:.2f}x" if peer else "")
-              + f"  floor {ours.floor_ms:.2f} ms ({line['floor_fraction']:.0%} of it reached)"
+              + f"  GEMM floor {ours.floor_ms:.2f} ms ({line['gemm_floor_fraction']:.0%} of it reached)"
               + (f"  int8 {q.timing.median_ms:.2f} ms ({q.backend})" if q else ""))
     for row in sorted(report.rows, key=lambda r: (r.model, r.impl, r.backend, r.precision)):
         print(f"  {row.model:20s} {row.impl:12s} {row.backend:12s} {row.precision:5s} "
               f"median {row.timing.median_ms:6.2f}  p90 {row.timing.p90_ms:6.2f}  spread {row.timing.spread:4.0%}")
     for w in report.warnings:
         print("warning:", w)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"summary": summary, **report.to_dict()}, indent=1))
+    atomic_write_text(args.out, json.dumps({"summary": summary, **report.to_dict()}, indent=1))
     print(f"wrote {args.out}")
 
 

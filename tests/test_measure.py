@@ -1,13 +1,18 @@
-"""Latency benchmark, zoo report and budget selection: small models, few iterations, real runtimes."""
+"""Latency benchmark, measurement cache, zoo report and budget selection: small models, few
+iterations, real runtimes where the figure matters, fake sessions where the bookkeeping does."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from mobilenets import VARIANTS, create_model
 from mobilenets.cli import app
-from mobilenets.measure import latency
-from mobilenets.measure.bench import bench, installed_backends
+from mobilenets.measure import bench as bench_mod
+from mobilenets.measure import choose, latency
+from mobilenets.measure.bench import Bench, bench, installed_backends
+from mobilenets.measure.cache import MeasurementCache, default_path
 from mobilenets.measure.choose import Entry, frontier, parse_count, plot, select, zoo_report
 
 runner = CliRunner()
@@ -25,6 +30,7 @@ def test_summarize_statistics():
     assert t.p10_ms < t.median_ms < t.p90_ms and t.noisy and t.throughput == pytest.approx(4000 / 3)
     steady = latency.summarize([2.0] * 10)
     assert steady.spread == 0 and not steady.noisy
+    assert latency.Timing.from_dict(t.to_dict()) == t
 
 
 def test_interleaved_runs_every_runner_equally():
@@ -36,10 +42,145 @@ def test_interleaved_runs_every_runner_equally():
     assert calls == {"a": 9, "b": 9} and out["a"].runs == out["b"].runs == 7
 
 
-def test_machine_info_and_floor():
+def _clock(durations_s):
+    """A fake clock whose consecutive (start, stop) readings are ``durations_s`` apart."""
+    state = {"t": 0.0, "i": 0, "start": True}
+
+    def clock():
+        if not state["start"]:
+            state["t"] += durations_s[state["i"] % len(durations_s)]
+            state["i"] += 1
+        state["start"] = not state["start"]
+        return state["t"]
+    return clock
+
+
+def test_adaptive_stops_early_when_steady_and_runs_on_when_noisy():
+    steady = latency.adaptive_times(lambda: None, warmup=0, min_runs=10, max_runs=200, clock=_clock([0.001]))
+    assert len(steady) == 10 and steady[0] == pytest.approx(1.0)
+    noisy = latency.adaptive_times(lambda: None, warmup=0, min_runs=10, max_runs=60, max_seconds=100,
+                                   clock=_clock([0.001, 0.003, 0.002, 0.0005, 0.004]))
+    assert len(noisy) == 60
+    capped = latency.adaptive_times(lambda: None, warmup=0, min_runs=10, max_runs=1000, max_seconds=0.05,
+                                    clock=_clock([0.001, 0.003, 0.002, 0.0005, 0.004]))
+    assert 10 <= len(capped) < 100
+
+
+def test_gemm_floor_and_machine_info():
+    assert latency.gemm_floor_ms(32_000_000, 64e9) == pytest.approx(1.0)   # 64 MFLOP at 64 GFLOP/s
+    assert latency.gemm_floor_ms(32_000_000, 64e9, threads=2) == pytest.approx(0.5)
+    assert latency.gemm_floor_ms(None, 64e9) is None and latency.gemm_floor_ms(1, None) is None
+    assert latency.gemm_flops(sizes=(64,), repeats=2) > 1e8
     info = latency.machine_info()
     assert info["cores"] >= 1 and "torch" in info["versions"] and info["cpu"]
-    assert latency.compute_floor_ms(32_000_000, ghz=1.0) == pytest.approx(2.0)  # 64 MFLOP / 32 GFLOP/s
+
+
+class FakeSession:
+    """Stands in for a runtime session: counts the timed calls, takes ``ms`` (for a fake timer)."""
+
+    def __init__(self, ms=1.0, path=None):
+        self.calls, self.ms, self.path = 0, ms, path
+
+    def runner(self, x):
+        def run():
+            self.calls += 1
+        run.ms = self.ms
+        return run
+
+
+@pytest.fixture
+def fake_sessions(monkeypatch):
+    """Every session bench/zoo/select opens is a FakeSession (latency: 1 ms per 30M MACs x a factor
+    of the backend and precision: LiteRT the fastest fp32, OpenVINO the fastest int8); the GEMM is
+    'measured' at 1 TFLOP/s, so its floor prunes nothing."""
+    opened = []
+    factor = {"fp32": {"torch": 1.0, "onnxruntime": 0.8, "openvino": 0.7, "litert": 0.5},
+              "int8": {"onnxruntime": 0.4, "openvino": 0.2, "litert": 0.45}}
+
+    def session(self, cell):
+        macs, _ = cell.target.complexity()
+        s = FakeSession(ms=macs / 30e6 * factor[cell.precision][cell.backend])
+        opened.append((cell.target.label, cell.backend, cell.precision, s))
+        return s
+
+    def adaptive(run, *, batch=1, **kw):
+        for _ in range(kw.get("min_runs", 10)):
+            run()
+        return latency.summarize([run.ms] * kw.get("min_runs", 10), batch)
+
+    def interleaved(runners, *, warmup, iters, rounds, batch=1, on_round=None):
+        for run in runners.values():
+            for _ in range(warmup + iters):
+                run()
+        return {k: latency.summarize([run.ms] * iters, batch) for k, run in runners.items()}
+
+    monkeypatch.setattr(Bench, "session", session)
+    monkeypatch.setattr(latency, "adaptive", adaptive)
+    monkeypatch.setattr(latency, "interleaved", interleaved)
+    monkeypatch.setattr(latency, "gemm_flops", lambda **kw: 1e12)
+    return opened
+
+
+def test_second_bench_reads_the_cache_and_fresh_measures_again(fake_sessions):
+    kw = dict(backends=["torch"], resolution=32, **FAST)
+    first = bench(["mobilenet_v3_small_075"], **kw)
+    assert len(fake_sessions) == 1 and fake_sessions[0][3].calls == 1 + 4
+    assert not first.rows[0].cached and first.rows[0].measured_at
+    again = bench(["mobilenet_v3_small_075"], **kw)
+    assert len(fake_sessions) == 1                                  # nothing opened, nothing timed
+    row = again.rows[0]
+    assert row.cached and row.measured_at == first.rows[0].measured_at
+    assert row.timing == first.rows[0].timing and row.macs == first.rows[0].macs
+    assert json.loads(json.dumps(again.to_dict()))["rows"][0]["cached"] is True
+    fresh = bench(["mobilenet_v3_small_075"], fresh=True, **kw)
+    assert len(fake_sessions) == 2 and not fresh.rows[0].cached
+    data = json.loads(default_path().read_text())
+    assert data["format"] == 1 and len([r for r in data["records"].values() if r["timing"]]) == 1
+
+
+@pytest.mark.parametrize("change", [dict(threads=2), dict(batch=2), dict(resolution=64),
+                                    dict(models=["mobilenet_v3_small_100"])])
+def test_cache_key_covers_what_the_figure_depends_on(fake_sessions, change):
+    kw = dict(models=["mobilenet_v3_small_075"], backends=["torch"], resolution=32, threads=1, batch=1, **FAST)
+    bench(**kw)
+    bench(**{**kw, **change})
+    assert len(fake_sessions) == 2
+
+
+def test_cache_wants_at_least_the_runs_asked_for(fake_sessions):
+    bench(["mobilenet_v1_025"], backends=["torch"], resolution=32, warmup=0, iters=3, rounds=1)
+    bench(["mobilenet_v1_025"], backends=["torch"], resolution=32, warmup=0, iters=3, rounds=1)
+    assert len(fake_sessions) == 1
+    bench(["mobilenet_v1_025"], backends=["torch"], resolution=32, warmup=0, iters=20, rounds=1)
+    assert len(fake_sessions) == 2
+
+
+def test_damaged_cache_is_ignored_and_replaced(fake_sessions):
+    default_path().parent.mkdir(parents=True)
+    default_path().write_text("{not json")
+    bench(["mobilenet_v1_025"], backends=["torch"], resolution=32, **FAST)
+    assert json.loads(default_path().read_text())["format"] == 1
+    whats = sorted(r.key["what"] for r in MeasurementCache().records.values())
+    assert whats == ["gemm_fp32", "latency", "profile"]
+
+
+def test_cache_merges_records_of_another_writer(tmp_path):
+    t = latency.summarize([1.0, 2.0])
+    a, b = MeasurementCache(tmp_path / "m.json"), MeasurementCache(tmp_path / "m.json")
+    a.store({"k": 1}, t)
+    a.save()
+    b.store({"k": 2}, t)
+    b.save()
+    both = MeasurementCache(tmp_path / "m.json")
+    assert both.lookup({"k": 1}) and both.lookup({"k": 2}) and not MeasurementCache(tmp_path / "m.json",
+                                                                                 fresh=True).lookup({"k": 1})
+
+
+def test_floor_is_the_measured_gemm_rate(monkeypatch):
+    monkeypatch.setattr(latency, "gemm_flops", lambda **kw: 1e11)
+    report = bench(["mobilenet_v3_small_075"], backends=["torch"], resolution=32, **FAST)
+    row = report.rows[0]
+    assert row.floor_ms == pytest.approx(row.macs * 2 / 1e11 * 1e3) and report.settings["gemm_gflops"] == 100
 
 
 def test_bench_ours_and_peers_on_installed_backends(tmp_path):
@@ -53,20 +194,52 @@ def test_bench_ours_and_peers_on_installed_backends(tmp_path):
     for r in report.rows:
         if r.impl == "mobilenets":
             assert (r.file is None) == (r.backend == "torch") and (r.file is None or Path(r.file).is_file())
-    data = json.loads(report.write_json(tmp_path / "b.json").read_text())
+    data = json.loads(report.write(tmp_path / "b.json").read_text())
     assert data["machine"]["cpu"] and data["settings"]["iters"] == 4 and len(data["rows"]) == len(report.rows)
-    lines = report.write_csv(tmp_path / "b.csv").read_text().splitlines()
+    lines = report.write(tmp_path / "b.csv").read_text().splitlines()
     assert lines[0].startswith("model,impl,backend") and len(lines) == len(report.rows) + 1
 
 
-def test_bench_int8_and_cache_reuse():
+def test_bench_int8_and_export_reuse():
     if not installed_backends(["onnxruntime"])[0]:
         pytest.skip("onnxruntime not installed")
     kw = dict(backends=["onnxruntime"], precisions=["fp32", "int8"], resolution=64, **FAST)
     first = bench(["mobilenet_v2_035"], **kw)
     assert {r.precision for r in first.rows} == {"fp32", "int8"}
-    again = bench(["mobilenet_v2_035"], **kw)  # second time from the export cache
-    assert len(again.rows) == 2
+    again = bench(["mobilenet_v2_035"], fresh=True, **kw)  # measured again, on the cached exports
+    assert len(again.rows) == 2 and not any(r.cached for r in again.rows)
+    assert {r.file for r in again.rows} == {r.file for r in first.rows}
+
+
+def test_bench_takes_checkpoints_run_dirs_and_exported_files(tmp_path):
+    from mobilenets.weights import save_checkpoint
+    model = create_model("mobilenet_v3_small", width=0.35, resolution=32, num_classes=5)
+    ckpt = save_checkpoint(tmp_path / "run" / "best.safetensors", model)
+    targets = [str(ckpt), str(tmp_path / "run")]
+    if installed_backends(["onnxruntime"])[0]:
+        from mobilenets.deploy.export import export
+        targets.append(str(export(model, "onnx", tmp_path / "exp", verify=False).path))
+    report = bench(targets, backends=["torch", "onnxruntime"] if len(targets) == 3 else ["torch"], **FAST)
+    by_model = {}
+    for r in report.rows:
+        by_model.setdefault(r.model, set()).add(r.backend)
+        assert r.resolution == 32 and r.macs > 0
+    assert by_model[str(ckpt)] >= {"torch"} and by_model[str(tmp_path / "run")] >= {"torch"}
+    if len(targets) == 3:
+        assert by_model[targets[2]] == {"onnxruntime"}  # a file runs as it is, on its runtime
+        row = next(r for r in report.rows if r.model == targets[2])
+        assert row.file == targets[2]
+
+
+def test_bench_file_without_sidecar_runs_at_its_declared_shape(tmp_path):
+    if not installed_backends(["onnxruntime"])[0]:
+        pytest.skip("onnxruntime not installed")
+    from mobilenets.deploy.export import export
+    model = create_model("mobilenet_v3_small", width=0.35, resolution=48, num_classes=5)
+    path = export(model, "onnx", tmp_path / "bare", verify=False).path
+    path.with_suffix(".json").unlink()
+    report = bench([str(path)], **FAST)
+    assert [(r.backend, r.resolution, r.macs) for r in report.rows] == [("onnxruntime", 48, None)]
 
 
 def _e(name, ms, top1, family="f"):
@@ -75,9 +248,9 @@ def _e(name, ms, top1, family="f"):
 
 def test_frontier_keeps_only_unbeaten_entries():
     es = [_e("slow_good", 10, 75), _e("fast_bad", 1, 60), _e("mid", 5, 70), _e("dominated", 6, 65),
-          _e("unknown", 0.5, None)]
+          _e("unknown", 0.5, None), _e("unmeasured", None, 80)]
     assert [e.name for e in frontier(es)] == ["fast_bad", "mid", "slow_good"]
-    assert not es[3].frontier and es[2].frontier
+    assert not es[3].frontier and es[2].frontier and not es[5].frontier
 
 
 def test_parse_count():
@@ -94,13 +267,98 @@ def test_zoo_report_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_zoo_quick_considers_every_installed_runtime(fake_sessions, monkeypatch):
+    monkeypatch.setattr(bench_mod, "runtime_versions",
+                        lambda: {"torch": "1", "compile": "1", "onnxruntime": "1", "openvino": "1", "litert": "1"})
+    rep = zoo_report(quick=True, models=["mobilenet_v1_025"])
+    assert rep.backend == "litert"  # the fastest of the fake runtimes
+    probed = {(m, b) for m, b, _, _ in fake_sessions if m == choose.PROBE}
+    assert probed == {(choose.PROBE, b) for b in ("torch", "onnxruntime", "openvino", "litert")}
+    again = zoo_report(quick=True, models=["mobilenet_v1_025"])
+    assert again.backend == "litert" and all(e.cached and e.measured_at for e in again.entries)
+    assert len(fake_sessions) == 5
+
+
 def test_select_ranks_by_accuracy_within_budget():
     models = ["mobilenet_v3_small_075", "mobilenet_v1_025", "mobilenet_v2_035"]
     sel = select(1e6, backend="torch", precisions=["fp32"], models=models, max_params="3M")
     assert [e.top1 for e in sel.fits] == sorted((e.top1 for e in sel.fits), reverse=True)
     assert all(e.params <= 3e6 for e in sel.fits) and len(sel.fits) + len(sel.rejected) == 3
     tight = select(1e-6, backend="torch", precisions=["fp32"], models=models)
-    assert not tight.fits and all("ms >" in why for _, why in tight.rejected)
+    assert not tight.fits and not tight.rejected and len(tight.unmeasured) == 3
+    assert all("GEMM floor" in why for _, why in tight.unmeasured)
+
+
+def _reasons(sel):
+    return {(e.name, e.precision): why for e, why in sel.unmeasured}
+
+
+def test_select_measures_only_what_can_still_fit(fake_sessions):
+    if not installed_backends(["onnxruntime"])[0]:
+        pytest.skip("onnxruntime not installed")
+    # fake fp32 on onnxruntime: v2_100 8.0 ms, v2_075 5.6 ms, v2_050 2.6 ms, v2_035 1.6 ms; int8 half
+    models = ["mobilenet_v2_100", "mobilenet_v2_075", "mobilenet_v2_050", "mobilenet_v2_035"]
+    sel = select(4.2, backend="onnxruntime", models=models)
+    measured = [(m, p) for m, _, p, _ in fake_sessions]
+    assert measured == [("mobilenet_v2_100", "fp32"), ("mobilenet_v2_100", "int8"), ("mobilenet_v2_075", "int8"),
+                        ("mobilenet_v2_050", "fp32"), ("mobilenet_v2_035", "fp32")]
+    why = _reasons(sel)
+    # v2_075 fp32: at least 8.0 ms x 209/300 = 5.6 ms > 1.25 x 4.2 ms, from the larger v2_100
+    assert "mobilenet_v2_100 fp32 runs 8.0" in why[("mobilenet_v2_075", "fp32")]
+    assert "fp32 version fits" in why[("mobilenet_v2_050", "int8")]
+    assert [(e.name, e.precision) for e in sel.fits] == [("mobilenet_v2_100", "int8"), ("mobilenet_v2_075", "int8"),
+                                                         ("mobilenet_v2_050", "fp32"), ("mobilenet_v2_035", "fp32")]
+    assert [(e.name, e.precision) for e, _ in sel.rejected] == [("mobilenet_v2_100", "fp32")]
+    # with a top, the search stops once that many entries fit
+    top = select(4.2, backend="onnxruntime", models=models, top=1, fresh=True)
+    assert [(e.name, e.precision) for e in top.fits] == [("mobilenet_v2_100", "int8")]
+    assert "higher published top-1 fit already" in _reasons(top)[("mobilenet_v2_035", "fp32")]
+    # the same search again reads every figure from the cache
+    n = len(fake_sessions)
+    again = select(4.2, backend="onnxruntime", models=models)
+    assert len(fake_sessions) == n and all(e.cached for e in again.fits)
+    assert [(e.name, e.precision) for e in again.fits] == [(e.name, e.precision) for e in sel.fits]
+
+
+def test_select_int8_only_within_reach(fake_sessions):
+    if not installed_backends(["onnxruntime"])[0]:
+        pytest.skip("onnxruntime not installed")
+    sel = select(1.0, backend="onnxruntime", models=["mobilenet_v2_100"])   # fp32 8 ms > 4 x 1 ms
+    assert [(m, p) for m, _, p, _ in fake_sessions] == [("mobilenet_v2_100", "fp32")]
+    assert "int8 cannot reach" in _reasons(sel)[("mobilenet_v2_100", "int8")]
+
+
+def test_select_measures_each_precision_on_its_fastest_runtime(fake_sessions, monkeypatch):
+    monkeypatch.setattr(bench_mod, "runtime_versions",
+                        lambda: {"torch": "1", "compile": "1", "onnxruntime": "1", "openvino": "1", "litert": "1"})
+    sel = select(2.5, models=["mobilenet_v2_100"])   # fp32: 5 ms on LiteRT; int8: 2 ms on OpenVINO
+    assert sel.backends == {"fp32": "litert", "int8": "openvino"} and sel.backend == "litert (fp32), openvino (int8)"
+    probes = sorted((b, p) for m, b, p, _ in fake_sessions if m == choose.PROBE)
+    assert probes == [("litert", "fp32"), ("litert", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                      ("openvino", "fp32"), ("openvino", "int8"), ("torch", "fp32")]
+    assert [(e.backend, e.precision) for e, _ in sel.rejected] == [("litert", "fp32")]
+    assert [(e.backend, e.precision) for e in sel.fits] == [("openvino", "int8")]
+    assert all(e.cached for e in sel.fits + [e for e, _ in sel.rejected])  # the probes measured them already
+
+
+def test_int8_reach_is_learned_per_family(monkeypatch):
+    monkeypatch.setattr(latency, "gemm_flops", lambda **kw: 1e12)
+    search = choose._Search(Bench(), {"fp32": "onnxruntime", "int8": "onnxruntime"}, 1.0, None, None, None)
+    v = VARIANTS["mobilenet_v2_100"]
+    cand = choose._Candidate(bench_mod.resolve_target(v.name), v, "int8", 300_000_000, 3_470_000)
+
+    def measured(name, precision, ms, macs, family="mobilenet_v2"):
+        search.measured[(name, precision)] = Entry(name, family, 1.0, 224, precision, "onnxruntime", 1, macs, 70.0,
+                                                   ms, ms, 0.0, 1.0)
+    measured("mobilenet_v2_100", "fp32", 3.0, 300_000_000)
+    assert search.int8_reach("mobilenet_v2") == 4.0 and search.prune(cand) is None   # 3 ms <= 4 x 1 ms
+    measured("mobilenet_v3_large_100", "fp32", 4.0, 217_000_000, "mobilenet_v3_large")
+    measured("mobilenet_v3_large_100", "int8", 1.0, 217_000_000, "mobilenet_v3_large")
+    assert search.int8_reach("mobilenet_v2") == 4.0 and search.prune(cand) is None   # another family's 4x
+    measured("mobilenet_v2_075", "fp32", 2.0, 209_000_000)
+    measured("mobilenet_v2_075", "int8", 1.0, 209_000_000)                            # 2x measured in V2
+    assert search.int8_reach("mobilenet_v2") == pytest.approx(2.5)
+    assert "int8 cannot reach" in search.prune(cand)
 
 
 @pytest.mark.parametrize("args, pattern", [
@@ -108,8 +366,12 @@ def test_select_ranks_by_accuracy_within_budget():
     (["bench", "mobilenet_v2", "--backend", "tensorrt"], "unknown backend"),
     (["bench", "mobilenet_v2", "--iters", "0"], "iters must be >= 1"),
     (["bench", "mobilenet_v2", "--precision", "fp8"], "unknown precision"),
+    (["bench", "no/such/model.onnx"], "no such model file"),
+    (["bench", "mobilenet_v2", "-o", "report.txt"], "use a .json or .csv suffix"),
     (["select", "--budget-ms", "0"], "must be > 0"),
     (["select", "--budget-ms", "5", "--max-params", "many"], "not a count"),
+    (["select", "--budget-ms", "5", "--backend", "tensorrt"], "unknown backend"),
+    (["select", "--budget-ms", "5", "--plot", "frontier.jpg"], "use a .png suffix"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, pattern):
     res = runner.invoke(app, args)
@@ -117,19 +379,63 @@ def test_cli_bad_input_is_one_line_exit_2(args, pattern):
     assert pattern in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("verb", [["bench", "mobilenet_v1_025", "--backend", "torch", "-o"],
+                                  ["bench", "mobilenet_v1_025", "--backend", "torch", "--csv"],
+                                  ["select", "--budget-ms", "5", "--backend", "torch", "-o"],
+                                  ["select", "--budget-ms", "5", "--backend", "torch", "--plot"]])
+def test_cli_output_folder_fails_before_measuring(fake_sessions, tmp_path, verb):
+    folder = tmp_path / ("out.json" if verb[-1] == "-o" else "out.csv" if verb[-1] == "--csv" else "out.png")
+    folder.mkdir()
+    res = runner.invoke(app, [*verb, str(folder)])
+    assert res.exit_code == 2 and "it is a folder" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert fake_sessions == []
+
+
+def test_cli_zoo_output_file_fails_before_measuring(fake_sessions, tmp_path):
+    (tmp_path / "zoo").write_text("a file")
+    res = runner.invoke(app, ["zoo", "--quick", "--backend", "torch", "-o", str(tmp_path / "zoo")])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.stderr and fake_sessions == []
+
+
 def test_cli_bench_table_and_files(tmp_path):
     res = runner.invoke(app, ["bench", "mobilenet_v3_small_075", "--backend", "torch", "--resolution", "64",
-                              "--warmup", "1", "--iters", "3", "--rounds", "1", "--peers", "--batch", "2",
-                              "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")])
+                              "--warmup", "1", "--iters", "3", "--rounds", "1", "--peers", "--batch-size", "2",
+                              "-o", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")])
     assert res.exit_code == 0, res.output
     assert "mobilenet_v3_small_075" in res.stdout and "img/s" in res.stdout and "timm" in res.stdout
+    assert "GEMM floor" in res.stdout and "now" in res.stdout
     assert json.loads((tmp_path / "r.json").read_text())["settings"]["batch"] == 2
+    assert (tmp_path / "r.csv").read_text().startswith("model,impl")
+
+
+def test_cli_json_flag_prints_json_and_fresh_measures_again(fake_sessions):
+    args = ["bench", "mobilenet_v1_025", "--backend", "torch", "--resolution", "32", "--iters", "3", "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["rows"][0]["cached"] is False
+    second = runner.invoke(app, args)
+    row = json.loads(second.stdout)["rows"][0]
+    assert row["cached"] is True and row["measured_at"] and len(fake_sessions) == 1
+    table = runner.invoke(app, args[:-1])
+    assert row["measured_at"][:10] in table.stdout and "read back from the measurement cache" in table.stdout
+    third = runner.invoke(app, [*args, "--fresh"])
+    assert json.loads(third.stdout)["rows"][0]["cached"] is False and len(fake_sessions) == 2
+
+
+def test_cli_select_json_and_cache(fake_sessions, tmp_path):
+    args = ["select", "--budget-ms", "5", "--backend", "torch", "--precision", "fp32", "--models", "v3_small*",
+            "--json",
+            "-o", str(tmp_path / "sel.json")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["fits"] and json.loads((tmp_path / "sel.json").read_text()) == data
+    n = len(fake_sessions)
+    again = json.loads(runner.invoke(app, args).stdout)
+    assert len(fake_sessions) == n and all(e["cached"] for e in again["fits"])
 
 
 def test_session_runner_matches_run_in_every_layout(tmp_path):
-    import numpy as np
-
-    from mobilenets import create_model
     from mobilenets.deploy.export import export
     from mobilenets.deploy.runtimes import open_session
     model = create_model("mobilenet_v3_small", width=0.35, resolution=32, num_classes=5).eval()

@@ -1,38 +1,58 @@
-"""``mobilenets bench``: latency of our models on every installed runtime, peers beside them.
+"""``mobilenets bench``: latency of models on every installed runtime, peers beside them.
 
-A bench is a grid: models x backends x precisions, each cell a ``Session`` (see
+A bench is a grid of cells: targets x backends x precisions, each cell a ``Session`` (see
 ``mobilenets.deploy.runtimes``) on a cached export, all timed together by
-``latency.interleaved``. With ``peers=True`` the same architecture from torchvision or timm
-joins the grid on the same backends (exported the way their users export it: plain
-``torch.onnx.export``), so every figure has a ratio beside it. Latency does not depend on the
-weights' values, so models are randomly initialised and nothing is downloaded; int8 exports
-are calibrated on random inputs for the same reason (their accuracy is measured elsewhere).
+``latency.interleaved``. A target is anything ``weights.resolve_model`` accepts: a model name, a
+checkpoint, a training run directory (exported for each backend), or an exported file (timed as
+it is, on the runtime of its suffix). With ``peers=True`` the same architecture from torchvision
+or timm joins the grid on the same backends (exported the way their users export it: plain
+``torch.onnx.export``, ``litert_torch.convert``), so every figure has a ratio beside it.
+
+Latency does not depend on the weights' values, so names are built with random weights and
+nothing is downloaded; int8 exports are calibrated on a few random inputs for the same reason
+(their accuracy is measured by ``mobilenets eval``), and exports made for timing are not
+verified against PyTorch (``mobilenets export`` verifies what it ships). Exports are kept in
+``<cache dir>/exports`` and every figure in the measurement cache (``measure.cache``): a cell
+measured before on this machine, runtime version, threads, batch, resolution and precision is
+read back (its row says so, with its date) unless ``fresh``.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..core.errors import UsageError
-from ..core.files import atomic_path, atomic_write
-from ..models import get_variant
-from ..weights import create_model
+from ..core.files import atomic_path, atomic_write, check_parent
+from ..core.hardware import cpu_has_bf16
+from ..deploy.export import export
+from ..deploy.runtimes import BACKENDS, available_backends, open_session
+from ..models import VARIANTS, MobileNet, ModelConfig, model_config
+from ..weights import cache_dir, create_model, resolve_model
+from ..weights.resolve import Resolved
 from . import latency
+from .cache import MeasurementCache, Record, key_id, machine_key
+from .profile import profile
 
 # What each backend can run. bf16 only where the CPU has native bf16 (checked at run time).
 SUPPORTED = {"torch": ("fp32", "bf16"), "compile": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"),
              "openvino": ("fp32", "bf16", "int8"), "litert": ("fp32", "int8")}
 EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
+# The backends that run an exported file, by suffix (the first: its own runtime).
+FILE_BACKENDS = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".tflite": ("litert",)}
+CALIB_IMAGES = 8   # random calibration inputs of a timing export: the latency does not depend on them
 # (family, width) -> (library, model name): the peers' own implementations of the same architecture.
 PEERS = {
     ("mobilenet_v1", 1.0): ("timm", "mobilenetv1_100"),
@@ -48,6 +68,14 @@ PEERS = {
     ("mobilenet_v3_large_minimal", 1.0): ("timm", "tf_mobilenetv3_large_minimal_100"),
     ("mobilenet_v3_small_minimal", 1.0): ("timm", "tf_mobilenetv3_small_minimal_100"),
 }
+OUTPUT_SUFFIXES = (".json", ".csv")
+
+# (label, done, total): what is being prepared or timed, and how far the whole job is.
+Progress = Callable[[str, float, float], None]
+
+
+def _no_progress(label: str, done: float, total: float) -> None:
+    pass
 
 
 @dataclass
@@ -56,16 +84,19 @@ class BenchRow:
     impl: str                  # "mobilenets", or the peer's library: "torchvision", "timm"
     backend: str
     precision: str
-    width: float
+    width: float | None
     resolution: int
     batch: int
     threads: int
-    macs: int
-    params: int
+    macs: int | None
+    params: int | None
     timing: latency.Timing
-    floor_ms: float | None = None    # fp32 compute floor on ``threads`` cores
+    floor_ms: float | None = None    # GEMM floor on ``threads`` cores (see ``latency.gemm_floor_ms``)
     peer_model: str | None = None
     file: str | None = None          # the exported file timed (None: a PyTorch module)
+    size_bytes: int | None = None    # its size on disk (an OpenVINO IR's weights included)
+    measured_at: str = ""            # ISO date of the measurement
+    cached: bool = False             # read back from the measurement cache, not measured in this run
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -91,63 +122,365 @@ class BenchReport:
                 and (impl is None or (r.impl == "mobilenets") == (impl == "mobilenets"))]
         return min(rows, key=lambda r: r.timing.median_ms, default=None)
 
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON or CSV, by ``path``'s suffix."""
+        suffix = Path(path).suffix.lower()
+        if suffix == ".csv":
+            return self.write_csv(path)
+        if suffix == ".json":
+            return self.write_json(path)
+        raise UsageError(f"cannot tell the format of {path}: use a .json or .csv suffix")
+
     def write_json(self, path: str | os.PathLike) -> Path:
         return atomic_write(Path(path), json.dumps(self.to_dict(), indent=1).encode())
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         cols = ["model", "impl", "backend", "precision", "width", "resolution", "batch", "threads", "macs", "params",
-                "median_ms", "mean_ms", "p10_ms", "p90_ms", "spread", "throughput", "floor_ms"]
+                "median_ms", "mean_ms", "p10_ms", "p90_ms", "spread", "runs", "throughput", "floor_ms", "measured_at",
+                "cached"]
         lines = [",".join(cols)]
         for r in self.rows:
-            t = r.timing.to_dict()
-            vals = {**asdict(r), **t}
+            vals = {**asdict(r), **r.timing.to_dict()}
             lines.append(",".join("" if vals.get(c) is None else str(vals[c]) for c in cols))
         return atomic_write(Path(path), ("\n".join(lines) + "\n").encode())
 
 
+def check_output(path: str | os.PathLike | None, suffixes: Sequence[str] = OUTPUT_SUFFIXES) -> Path | None:
+    """``path`` checked before anything is measured: a known suffix, a folder that can hold it,
+    not a folder itself (``core.files.check_parent``)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder (give a file name ending in {' or '.join(suffixes)})")
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"cannot tell the format of {path}: use a {' or '.join(suffixes)} suffix")
+    return check_parent(path)
+
+
 def export_cache() -> Path:
-    from ..weights.hub import cache_dir
     return cache_dir() / "exports"
+
+
+@functools.cache
+def runtime_versions() -> dict[str, str | None]:
+    """backend -> installed version (None: not usable), probed once per process."""
+    return available_backends()
 
 
 def installed_backends(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """(usable backends, notes about requested ones that are not installed)."""
-    from ..deploy.runtimes import BACKENDS, available_backends
-    have = available_backends()
+    if requested is not None:
+        unknown = [b for b in requested if b not in BACKENDS]
+        if unknown:
+            raise UsageError(f"unknown backend {unknown[0]!r}; known: {', '.join(BACKENDS)}")
+    have = runtime_versions()
     if requested is None:
         return [b for b in BACKENDS if have.get(b) and b != "compile"], []
-    unknown = [b for b in requested if b not in BACKENDS]
-    if unknown:
-        raise UsageError(f"unknown backend {unknown[0]!r}; known: {', '.join(BACKENDS)}")
     missing = [f"backend {b} is not installed" for b in requested if not have.get(b)]
     return [b for b in requested if have.get(b)], missing
 
 
-def _ours_session(model: torch.nn.Module, key: str, backend: str, precision: str, threads: int, batch: int,
-                  resolution: int):
-    from ..deploy.runtimes import open_session
-    if backend in ("torch", "compile"):
-        return open_session(model, backend, threads=threads, precision=precision)
-    fmt = EXPORT_FORMAT[backend]
-    nhwc = fmt == "tflite"  # LiteRT's native layout: no TRANSPOSE at the input
-    out_dir = export_dir(key, fmt, precision, batch)
-    found = _cached_file(out_dir, fmt)
-    if found is None:
-        from ..deploy.export import export
-        kwargs = {}
-        if precision == "int8":
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _config_identity(config: ModelConfig) -> str:
+    """The architecture's identity: what decides its latency (not its weights' values)."""
+    blob = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return "arch:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_identity(path: Path) -> str:
+    """An exported file's identity: the hash of its bytes (an OpenVINO IR's weights included)."""
+    h = hashlib.sha256()
+    for p in (path, path.with_suffix(".bin")) if path.suffix.lower() == ".xml" else (path,):
+        if p.is_file():
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return "file:" + h.hexdigest()[:16]
+
+
+def _size_bytes(path: Path | None) -> int | None:
+    if path is None or not path.is_file():
+        return None
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix.lower() == ".xml" and weights.is_file()
+                                  else 0)
+
+
+@dataclass
+class Target:
+    """One thing to time: a model (built lazily, random weights for names) or an exported file."""
+    label: str
+    identity: str                    # what the measurement cache knows it by
+    resolution: int | None
+    config: ModelConfig | None
+    path: Path | None = None         # an exported file, timed as it is
+    precision: str | None = None     # the exported file's precision
+    build: Callable[[], MobileNet] | None = field(default=None, repr=False)
+    _model: MobileNet | None = field(default=None, repr=False)
+    _complexity: tuple[int, int] | None = field(default=None, repr=False)
+
+    @property
+    def is_file(self) -> bool:
+        return self.path is not None
+
+    @property
+    def family(self) -> str | None:
+        return self.config.family if self.config is not None else None
+
+    @property
+    def width(self) -> float | None:
+        return self.config.width if self.config is not None else None
+
+    def model(self) -> MobileNet:
+        if self._model is None:
+            self._model = self.build().eval()
+        return self._model
+
+    def complexity(self) -> tuple[int | None, int | None]:
+        """(MACs, params) for one image at the target's resolution (None: an export without its config)."""
+        if self._complexity is None:
+            if self.config is None or self.resolution is None:
+                return None, None
+            model = self.model() if self.build is not None else MobileNet(self.config).eval()
+            prof = profile(model, resolution=self.resolution)
+            self._complexity = (prof.macs, prof.params)
+        return self._complexity
+
+
+def resolve_target(spec, resolution: int | None = None) -> Target:
+    """A ``Target`` for a model name, checkpoint, run directory, exported file or module (see module doc).
+    Unknown names and missing files are a ``UsageError`` here, before anything is measured."""
+    if isinstance(spec, str) and spec in VARIANTS:
+        config = model_config(spec, resolution=resolution)
+        return Target(spec, _config_identity(config), config.resolution, config,
+                      build=lambda: create_model(spec, resolution=resolution))
+    resolved: Resolved = resolve_model(spec)
+    label = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else resolved.name
+    if resolved.is_export:
+        meta = resolved.meta
+        res = (meta.preprocessing.resolution if meta.preprocessing is not None
+               else meta.config.resolution if meta.config is not None else meta.extra.get("resolution"))
+        if resolution is not None and res is not None and int(res) != resolution:
+            raise UsageError(f"{resolved.path.name} was exported at resolution {res}; --resolution {resolution} "
+                             f"applies to models, not exported files")
+        if res is None:  # no sidecar: the graph's declared input shape says it
+            res = open_session(resolved.path).resolution
+            if res is None:
+                raise UsageError(f"cannot tell the input resolution of {resolved.path.name} (no sidecar, dynamic "
+                                 f"input shape)")
+        precision = meta.extra.get("precision", "fp32")
+        return Target(label, _file_identity(resolved.path), int(res),
+                      replace(meta.config, resolution=int(res)) if meta.config is not None and res else meta.config,
+                      path=resolved.path, precision=precision if precision in ("fp32", "bf16", "int8") else "fp32")
+    model = resolved.model
+    config = replace(model.config, resolution=resolution) if resolution else model.config
+    target = Target(label, _config_identity(config), config.resolution, config, build=lambda: model)
+    return target
+
+
+@dataclass(eq=False)
+class Cell:
+    """One (target, implementation, backend, precision) of the grid (compared by identity)."""
+    target: Target
+    impl: str
+    backend: str
+    precision: str
+    peer: str | None = None          # the peer model's name (impl is its library)
+    identity: str = ""
+
+    @property
+    def label(self) -> str:
+        what = self.peer if self.peer else self.target.label
+        return f"{what} on {self.backend} {self.precision}"
+
+
+class Bench:
+    """What measuring needs besides the cells: threads, batch, the measurement cache, the machine's
+    GEMM throughput (for the floor) and a progress callback. Shared by ``bench``, ``zoo_report``
+    and ``select`` so that they read and write the same figures."""
+
+    def __init__(self, *, threads: int = 1, batch: int = 1, cache: MeasurementCache | None = None,
+                 fresh: bool = False, progress: Progress | None = None):
+        if threads < 1:
+            raise UsageError(f"threads must be >= 1, got {threads}")
+        if batch < 1:
+            raise UsageError(f"batch must be >= 1, got {batch}")
+        self.threads, self.batch = threads, batch
+        self.cache = cache if cache is not None else MeasurementCache(fresh=fresh)
+        if fresh:
+            self.cache.fresh = True
+        self.progress = progress or _no_progress
+        self._flops: float | None = None
+        self._peers: dict[tuple[str, float], tuple[str, str, nn.Module] | None] = {}
+
+    # -- the machine ---------------------------------------------------------------------------
+    def gemm_flops(self) -> float:
+        """This machine's single-core fp32 GEMM FLOP/s, measured once and kept in the cache."""
+        if self._flops is None:
+            key = {"what": "gemm_fp32", **machine_key(), "torch": torch.__version__, "threads": 1}
+            rec = self.cache.lookup(key)
+            if rec is None or not rec.extra.get("flops"):
+                self.progress("measuring the machine's fp32 GEMM peak", 0, 0)
+                rec = self.cache.store(key, None, flops=latency.gemm_flops())
+                self.cache.save()
+            self._flops = float(rec.extra["flops"])
+        return self._flops
+
+    def floor_ms(self, macs: int | None) -> float | None:
+        return latency.gemm_floor_ms(macs, self.gemm_flops(), self.threads)
+
+    # -- cells ----------------------------------------------------------------------------------
+    def cell(self, target: Target, backend: str, precision: str) -> Cell:
+        return Cell(target, "mobilenets", backend, precision, identity=target.identity)
+
+    def peer_cell(self, target: Target, backend: str) -> Cell | None:
+        """The peer of ``target`` on ``backend`` (fp32), if the peer library is installed."""
+        found = PEERS.get((target.family, target.width)) if target.config is not None else None
+        if found is None or backend not in ("torch", "compile", "onnxruntime", "openvino", "litert"):
+            return None
+        lib, name = found
+        version = _version(lib)
+        if version is None:
+            return None
+        return Cell(target, lib, backend, "fp32", peer=name, identity=f"{lib}:{name}@{version}")
+
+    def key(self, cell: Cell) -> dict:
+        """Everything a cell's latency depends on (see ``measure.cache``)."""
+        key = {"what": "latency", **machine_key(), "target": cell.identity, "impl": cell.impl,
+               "backend": cell.backend, "runtime": runtime_versions().get(cell.backend), "torch": torch.__version__,
+               "threads": self.threads, "batch": self.batch, "resolution": cell.target.resolution,
+               "precision": cell.precision}
+        if cell.backend == "litert" and not cell.target.is_file:
+            key["converter"] = _version("litert-torch")
+        return key
+
+    def cached(self, cell: Cell, *, min_runs: int = 1) -> BenchRow | None:
+        """The cell's row from the measurement cache (``cached=True``), or None."""
+        rec = self.cache.lookup(self.key(cell), min_runs=min_runs)
+        if rec is None or rec.timing is None:
+            return None
+        return self._row(cell, rec, cached=True)
+
+    def _row(self, cell: Cell, rec: Record, *, cached: bool) -> BenchRow:
+        x = rec.extra
+        macs, params = x.get("macs"), x.get("params")
+        return BenchRow(model=cell.target.label, impl=cell.impl, backend=cell.backend, precision=cell.precision,
+                        width=cell.target.width, resolution=cell.target.resolution, batch=self.batch,
+                        threads=self.threads, macs=macs, params=params, timing=rec.timing,
+                        floor_ms=self.floor_ms(macs), peer_model=cell.peer, file=x.get("file"),
+                        size_bytes=x.get("size_bytes"), measured_at=rec.measured_at, cached=cached)
+
+    def complexity(self, target: Target) -> tuple[int | None, int | None]:
+        """(MACs, params) of ``target``, profiled once and kept in the measurement cache."""
+        if target.config is None or target.resolution is None:
+            return None, None
+        key = {"what": "profile", "target": target.identity, "resolution": target.resolution}
+        rec = self.cache.records.get(key_id(key))  # MACs do not change with the machine: never stale
+        if rec is None or "macs" not in rec.extra:
+            macs, params = target.complexity()
+            rec = self.cache.store(key, None, macs=macs, params=params)
+        return rec.extra["macs"], rec.extra["params"]
+
+    def record(self, cell: Cell, timing: latency.Timing, file: Path | None, params: int | None = None) -> BenchRow:
+        """Store a new figure of ``cell`` in the cache (saved by ``save``) and return its row."""
+        macs, own_params = self.complexity(cell.target)
+        rec = self.cache.store(self.key(cell), timing, macs=macs, params=params if params is not None else own_params,
+                               file=str(file) if file else None, size_bytes=_size_bytes(file),
+                               label=cell.label)
+        return self._row(cell, rec, cached=False)
+
+    def save(self) -> None:
+        self.cache.save()
+
+    # -- sessions -------------------------------------------------------------------------------
+    def input(self, cell: Cell) -> np.ndarray:
+        res = cell.target.resolution
+        chans = cell.target.config.in_chans if cell.target.config is not None else 3
+        return np.random.default_rng(0).standard_normal((self.batch, chans, res, res)).astype(np.float32)
+
+    def session(self, cell: Cell):
+        """An open session for ``cell``: the exported file itself, or an export from the export
+        cache (made now if missing), or the module for torch/compile. ``UsageError`` when the
+        backend cannot run it (the caller notes it and goes on)."""
+        target = cell.target
+        if cell.peer is not None:
+            return self._peer_session(cell)
+        if target.is_file:
+            return open_session(target.path, cell.backend, threads=self.threads, precision=cell.precision)
+        if cell.backend in ("torch", "compile"):
+            return open_session(target.model(), cell.backend, threads=self.threads, precision=cell.precision)
+        return open_session(self.export_file(cell), cell.backend, threads=self.threads, precision=cell.precision)
+
+    def export_dir(self, cell: Cell) -> Path:
+        """Where the cached export of a cell lives (TFLite files take NHWC input, LiteRT's own layout)."""
+        fmt = EXPORT_FORMAT[cell.backend]
+        return (export_cache() / f"{cell.target.identity.replace(':', '-')}-r{cell.target.resolution}"
+                / (f"{fmt}-{cell.precision}-b{self.batch}" + ("-nhwc" if fmt == "tflite" else "")))
+
+    def export_file(self, cell: Cell) -> Path:
+        fmt = EXPORT_FORMAT[cell.backend]
+        out_dir = self.export_dir(cell)
+        found = _cached_file(out_dir, fmt)
+        if found is not None:
+            return found
+        kwargs: dict = {}
+        if cell.precision == "int8":
+            res, chans = cell.target.resolution, cell.target.config.in_chans
             rng = np.random.default_rng(0)
-            kwargs.update(int8=True, calib=rng.standard_normal((32, 3, resolution, resolution)).astype(np.float32))
-        elif precision == "bf16":
+            kwargs.update(int8=True, calib=rng.standard_normal((CALIB_IMAGES, chans, res, res)).astype(np.float32))
+        elif cell.precision == "bf16":
             kwargs.update(precision="bf16")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        found = Path(export(model, fmt, out_dir, batch=batch, nhwc=nhwc, verify=precision == "fp32", **kwargs).path)
-    return open_session(found, backend, threads=threads, precision=precision)
+        with warnings.catch_warnings():  # converters warn about their own internals (forks, deprecations)
+            warnings.simplefilter("ignore")
+            result = export(cell.target.model(), fmt, out_dir, batch=self.batch, nhwc=fmt == "tflite", verify=False,
+                            resolution=cell.target.resolution, **kwargs)
+        return Path(result.path)
 
+    def peer(self, target: Target) -> tuple[str, str, nn.Module] | None:
+        key = (target.family, target.width)
+        if key not in self._peers:
+            self._peers[key] = peer_module(*key)
+        return self._peers[key]
 
-def export_dir(key: str, fmt: str, precision: str, batch: int) -> Path:
-    """Where the cached export of one bench cell lives (TFLite files take NHWC input)."""
-    return export_cache() / key / (f"{fmt}-{precision}-b{batch}" + ("-nhwc" if fmt == "tflite" else ""))
+    def _peer_session(self, cell: Cell):
+        """A peer on ``cell.backend``: eager/compiled as is, or exported the way its users export it
+        (plain ``torch.onnx.export`` for ONNX Runtime and OpenVINO, ``litert_torch.convert`` for LiteRT)."""
+        found = self.peer(cell.target)
+        if found is None:
+            raise UsageError(f"{cell.peer} is not available")
+        _, name, module = found
+        if cell.backend in ("torch", "compile"):
+            return open_session(module, cell.backend, threads=self.threads, precision="fp32")
+        res = cell.target.resolution
+        example = torch.randn(self.batch, 3, res, res)
+        base = export_cache() / cell.identity.replace(":", "-").replace("@", "-") / f"r{res}-b{self.batch}"
+        if cell.backend == "litert":  # the LiteRT user's path: litert-torch straight from the module
+            path = base / "model.tflite"
+            if not path.is_file():
+                import litert_torch
+                with atomic_path(path) as tmp, warnings.catch_warnings(), \
+                        contextlib.redirect_stdout(io.StringIO()):  # its progress log
+                    warnings.simplefilter("ignore")
+                    litert_torch.convert(module, (example,)).export(str(tmp))
+            return open_session(path, cell.backend, threads=self.threads, precision="fp32")
+        path = base / "model.onnx"
+        if not path.is_file():
+            with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, example, tmp, opset_version=17, dynamo=False, input_names=["input"],
+                                  output_names=["logits"])
+        return open_session(path, cell.backend, threads=self.threads, precision="fp32")
+
+    def peer_params(self, cell: Cell) -> int | None:
+        found = self.peer(cell.target)
+        return sum(p.numel() for p in found[2].parameters()) if found else None
 
 
 def _cached_file(out_dir: Path, fmt: str) -> Path | None:
@@ -156,7 +489,7 @@ def _cached_file(out_dir: Path, fmt: str) -> Path | None:
     return files[0] if files else None
 
 
-def peer_module(family: str, width: float) -> tuple[str, str, torch.nn.Module] | None:
+def peer_module(family: str, width: float) -> tuple[str, str, nn.Module] | None:
     """(library, name, module) of the peer implementation of ``family`` at ``width``, if installed."""
     found = PEERS.get((family, width))
     if found is None:
@@ -164,6 +497,8 @@ def peer_module(family: str, width: float) -> tuple[str, str, torch.nn.Module] |
     lib, name = found
     try:
         if lib == "torchvision":
+            # Imported here: only --peers needs torchvision's models, whose import pulls in torch._dynamo
+            # (about two seconds at every start of the CLI otherwise).
             import torchvision
             return lib, name, getattr(torchvision.models, name)().eval()
         import timm
@@ -172,45 +507,8 @@ def peer_module(family: str, width: float) -> tuple[str, str, torch.nn.Module] |
         return None
 
 
-def _peer_session(module: torch.nn.Module, key: str, backend: str, precision: str, threads: int, batch: int,
-                  resolution: int):
-    """A peer on ``backend``: eager/compiled as is, or exported the way its users export it (plain
-    ``torch.onnx.export`` for ONNX Runtime and OpenVINO, ``litert_torch.convert`` for LiteRT)."""
-    from ..deploy.runtimes import open_session
-    if backend in ("torch", "compile"):
-        return open_session(module, backend, threads=threads, precision=precision)
-    if backend not in ("onnxruntime", "openvino", "litert") or precision != "fp32":
-        return None
-    example = torch.randn(batch, 3, resolution, resolution)
-    if backend == "litert":  # the LiteRT user's path: litert-torch straight from the module
-        path = export_cache() / key / f"peer-tflite-b{batch}" / "model.tflite"
-        if not path.is_file():
-            import litert_torch
-            with atomic_path(path) as tmp, warnings.catch_warnings(), \
-                    contextlib.redirect_stdout(io.StringIO()):  # its progress log
-                warnings.simplefilter("ignore")
-                litert_torch.convert(module, (example,)).export(str(tmp))
-        return open_session(path, backend, threads=threads, precision="fp32")
-    path = export_cache() / key / f"peer-onnx-b{batch}" / "model.onnx"
-    if not path.is_file():
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, example, tmp, opset_version=17, dynamo=False, input_names=["input"],
-                              output_names=["logits"])
-    return open_session(path, backend, threads=threads, precision="fp32")
-
-
-def _key(*parts) -> str:
-    return "-".join(str(p) for p in parts[:4]) + "-" + hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
-
-
-def bench(models: Sequence[str], *, backends: Sequence[str] | None = None, precisions: Sequence[str] = ("fp32",),
-          threads: int = 1, batch: int = 1, resolution: int | None = None, warmup: int = 50, iters: int = 1000,
-          rounds: int = 10, peers: bool = False, status: Callable[[str], None] | None = None) -> BenchReport:
-    """Time every (model, backend, precision) cell, peers included when asked; see the module doc."""
-    from ..measure.profile import profile
-    if not models:
-        raise UsageError("name at least one model (see `mobilenets list`)")
+def check_settings(*, threads: int = 1, batch: int = 1, iters: int = 1, warmup: int = 0,
+                   precisions: Sequence[str] = ("fp32",)) -> None:
     for n, what in ((threads, "threads"), (batch, "batch"), (iters, "iters")):
         if n < 1:
             raise UsageError(f"{what} must be >= 1, got {n}")
@@ -219,66 +517,101 @@ def bench(models: Sequence[str], *, backends: Sequence[str] | None = None, preci
     bad = [p for p in precisions if p not in ("fp32", "bf16", "int8")]
     if bad:
         raise UsageError(f"unknown precision {bad[0]!r}; known: fp32, bf16, int8")
+
+
+def bench(models: Sequence, *, backends: Sequence[str] | None = None, precisions: Sequence[str] = ("fp32",),
+          threads: int = 1, batch: int = 1, resolution: int | None = None, warmup: int = 50, iters: int = 1000,
+          rounds: int = 10, peers: bool = False, fresh: bool = False, cache: MeasurementCache | None = None,
+          progress: Progress | None = None) -> BenchReport:
+    """Time every (target, backend, precision) cell, peers included when asked; see the module doc.
+    Cells found in the measurement cache (with at least ``iters`` runs) are read back, not timed."""
+    if not models:
+        raise UsageError("name at least one model (see `mobilenets list`)")
+    check_settings(threads=threads, batch=batch, iters=iters, warmup=warmup, precisions=precisions)
     use, skipped = installed_backends(backends)
     if not use:
         raise UsageError("none of the requested backends is installed: " + "; ".join(skipped))
-    if "bf16" in precisions and not latency.has_bf16():
+    targets = [resolve_target(m, resolution) for m in models]
+    precisions = list(precisions)
+    if "bf16" in precisions and not cpu_has_bf16():
         skipped.append("bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16)")
         precisions = [p for p in precisions if p != "bf16"]
-    say = status or (lambda s: None)
-    torch.set_num_threads(threads)
-    runners, rows_meta = {}, {}
-    for name in models:
-        variant = get_variant(name)
-        model = create_model(name, resolution=resolution).eval()
-        res = model.config.resolution
-        prof = profile(model, name=name)
-        xin = np.random.default_rng(0).standard_normal((batch, 3, res, res)).astype(np.float32)
-        key = _key(name, res, model.config.width, "ours")
-        floor = latency.compute_floor_ms(prof.macs, threads)
-        meta = dict(model=name, width=model.config.width, resolution=res, batch=batch, threads=threads,
-                    macs=prof.macs, params=prof.params, floor_ms=floor)
-        peer = peer_module(variant.family, model.config.width) if peers else None
-        for backend in use:
-            for precision in precisions:
-                if precision not in SUPPORTED[backend]:
-                    continue
-                say(f"preparing {name} on {backend} {precision}")
-                try:
-                    s = _ours_session(model, key, backend, precision, threads, batch, res)
-                except UsageError as exc:
-                    skipped.append(f"{name} {backend} {precision}: {exc}")
-                    continue
-                runners[(name, "mobilenets", backend, precision)] = _runner(s, xin)
-                rows_meta[(name, "mobilenets", backend, precision)] = dict(
-                    meta, impl="mobilenets", file=str(s.path) if getattr(s, "path", None) else None)
-                if peer is not None:
-                    lib, pname, module = peer
-                    ps = _peer_session(module, _key(pname, res, batch, "peer"), backend, precision, threads, batch,
-                                       res)
-                    if ps is None:
-                        continue
-                    runners[(name, lib, backend, precision)] = _runner(ps, xin)
-                    rows_meta[(name, lib, backend, precision)] = dict(
-                        meta, impl=lib, peer_model=pname, params=sum(p.numel() for p in module.parameters()))
-    say(f"timing {len(runners)} sessions: {warmup} warm-up + {iters} runs each, {rounds} interleaved rounds")
-    timings = latency.interleaved(runners, warmup=warmup, iters=iters, rounds=rounds, batch=batch,
-                                  on_round=lambda r: say(f"round {r + 1}/{rounds}"))
-    rows = [BenchRow(backend=k[2], precision=k[3], timing=timings[k], **rows_meta[k]) for k in runners]
+    b = Bench(threads=threads, batch=batch, cache=cache, fresh=fresh, progress=progress)
+    cells = plan(targets, use, precisions, peers=peers, explicit_backends=backends is not None, bench=b,
+                 skipped=skipped)
+    rows = measure_interleaved(b, cells, warmup=warmup, iters=iters, rounds=rounds, skipped=skipped)
     report = BenchReport(rows, latency.machine_info(),
-                         dict(models=list(models), backends=use, precisions=list(precisions), threads=threads,
+                         dict(models=[t.label for t in targets], backends=use, precisions=precisions, threads=threads,
                               batch=batch, resolution=resolution, warmup=warmup, iters=iters, rounds=rounds,
-                              peers=peers, torch_threads=torch.get_num_threads()),
+                              peers=peers, fresh=fresh, gemm_gflops=b.gemm_flops() / 1e9),
                          skipped=skipped)
     for r in rows:
-        if r.timing.noisy:
+        if r.timing.noisy and not r.cached:
             report.warnings.append(f"{r.model} {r.impl} {r.backend} {r.precision}: spread "
                                    f"{r.timing.spread:.0%} of the median; the machine is noisy, rerun for a "
                                    f"firmer figure")
     return report
 
 
-def _runner(session, x: np.ndarray):
-    """Time the runtime call itself: the input is prepared once in the session's own layout
-    (an NHWC file gets NHWC images, as an image pipeline hands them over)."""
-    return session.runner(x)
+def plan(targets: Sequence[Target], backends: Sequence[str], precisions: Sequence[str], *, peers: bool,
+         explicit_backends: bool, bench: Bench, skipped: list[str]) -> list[Cell]:
+    """The grid: each model on each backend x precision it supports, its peer beside it; an exported
+    file on the backends that run it (its own runtime unless backends were named), at its precision."""
+    cells: list[Cell] = []
+    for t in targets:
+        if t.is_file:
+            able = FILE_BACKENDS[t.path.suffix.lower()]
+            on = [b for b in backends if b in able] if explicit_backends else [b for b in able[:1]
+                                                                                 if b in backends]
+            if not on:
+                skipped.append(f"{t.label}: none of the backends runs {t.path.suffix} files "
+                               f"(runs on {', '.join(able)})")
+            cells += [bench.cell(t, b, t.precision) for b in on]
+            continue
+        for backend in backends:
+            for precision in precisions:
+                if precision in SUPPORTED[backend]:
+                    cells.append(bench.cell(t, backend, precision))
+            if peers and "fp32" in precisions:
+                pc = bench.peer_cell(t, backend)
+                if pc is not None:
+                    cells.append(pc)
+    return cells
+
+
+def measure_interleaved(b: Bench, cells: Sequence[Cell], *, warmup: int, iters: int, rounds: int,
+                        skipped: list[str]) -> list[BenchRow]:
+    """Rows of ``cells``: read back from the cache, or prepared (exported, opened) and then timed
+    together in interleaved rounds, and stored."""
+    rows: dict[Cell, BenchRow] = {}
+    todo = []
+    for c in cells:
+        row = b.cached(c, min_runs=iters)
+        if row is not None:
+            rows[c] = row
+        else:
+            todo.append(c)
+    total = 2 * len(todo)
+    runners, files = {}, {}
+    for i, c in enumerate(todo):
+        b.progress(f"preparing {c.label}", i, total)
+        try:
+            s = b.session(c)
+        except UsageError as exc:
+            skipped.append(f"{c.label}: {exc}")
+            continue
+        runners[c], files[c] = s.runner(b.input(c)), getattr(s, "path", None)
+    if runners:
+        torch.set_num_threads(b.threads)
+        n = len(runners)
+
+        def on_round(r: int) -> None:
+            b.progress(f"timing {n} sessions", len(todo) + n * (r + 1) / rounds, total)
+
+        b.progress(f"timing {n} sessions", len(todo), total)
+        timings = latency.interleaved(runners, warmup=warmup, iters=iters, rounds=rounds, batch=b.batch,
+                                      on_round=on_round)
+        for c, t in timings.items():
+            rows[c] = b.record(c, t, files[c], params=b.peer_params(c) if c.peer else None)
+        b.save()
+    return [rows[c] for c in cells if c in rows]

@@ -1,27 +1,59 @@
 """The zoo report and budget selection: published accuracy against latency measured here.
 
-``zoo_report`` measures the family's headline variants on the fastest installed backend and
-returns one ``Entry`` per variant (params, MACs, published ImageNet top-1, latency);
-``select`` measures every variant with a published top-1 (x precision) on one backend and keeps
-those that fit a latency / parameter / file-size budget, ranked by published accuracy.
-``frontier`` marks the entries no other entry beats on both latency and accuracy; ``plot``
-draws them. Accuracy is always the *published* ImageNet figure (fp32); int8 entries carry it
-with a note, since their loss depends on the checkpoint and calibration (measure it with
-``mobilenets eval`` on the exported file).
+``zoo_report`` measures the family's headline variants on the fastest installed runtime (every
+installed one is a contender, LiteRT included) and returns one ``Entry`` per variant (params,
+MACs, published ImageNet top-1, latency). ``select`` finds the variants x precisions that fit a
+latency / parameter / file-size budget, ranked by published accuracy; each precision is measured
+on the installed runtime that runs it fastest (the fastest fp32 runtime is often not the fastest
+int8 one), or on the one runtime asked for. ``frontier`` marks the
+entries no other entry beats on both latency and accuracy; ``plot`` draws them. Accuracy is
+always the *published* ImageNet figure (fp32); int8 entries carry it with a note, since their
+loss depends on the checkpoint and calibration (measure it with ``mobilenets eval`` on the
+exported file).
+
+``select`` measures only what can still change its answer, most accurate first:
+
+* a variant whose GEMM floor (``latency.gemm_floor_ms``, with ``FLOOR_SLACK`` for runtimes whose
+  kernels beat torch's GEMM) exceeds the budget cannot fit and is not exported;
+* within a family, time grows at least in proportion to MACs (a smaller variant has relatively
+  more depthwise and fixed overhead), so a measured variant bounds every smaller one from below:
+  one predicted over ``FAMILY_SLACK`` x the budget is not exported either;
+* int8 is measured only where it can change the answer: when the fp32 variant does not fit but
+  is within reach of the budget: ``INT8_REACH`` (int8 does at most 4 multiply-adds where fp32
+  does one), or ``INT8_SLACK`` x the best int8 speed-up measured in the family on this runtime;
+* with ``top``, the search stops once that many entries fit: less accurate ones cannot enter the list.
+
+What was not measured is listed with the reason. Timing is adaptive (``latency.adaptive``: a
+steady runtime is timed briefly), every figure goes to the measurement cache, so a second search
+on the same machine measures nothing it measured before.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
-from ..models import VARIANTS
-from . import bench as benchmod
+from ..core.hardware import cpu_has_bf16
+from ..models import VARIANTS, Variant, get_variant
 from . import latency
+from .bench import (
+    SUPPORTED,
+    Bench,
+    BenchRow,
+    Cell,
+    Progress,
+    Target,
+    check_settings,
+    installed_backends,
+    measure_interleaved,
+    plan,
+    resolve_target,
+)
+from .cache import MeasurementCache
 
 HEADLINE = [
     "mobilenet_v1_100", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
@@ -32,7 +64,15 @@ HEADLINE = [
 ]
 RESOLUTIONS = ["mobilenet_v1_100_192", "mobilenet_v1_100_160", "mobilenet_v1_100_128",
                "mobilenet_v2_100_192", "mobilenet_v2_100_160", "mobilenet_v2_100_128", "mobilenet_v2_100_96"]
-QUICK_BACKENDS = ("onnxruntime", "openvino")
+PROBE = "mobilenet_v2_100"     # the model that decides which runtime is fastest
+QUICK_TIMING = dict(warmup=5, iters=30, rounds=3)
+FULL_TIMING = dict(warmup=50, iters=300, rounds=10)
+# select's search (see the module doc)
+FLOOR_SLACK = 0.8              # prune when 0.8 x GEMM floor > budget: runtimes may beat torch's GEMM a little
+FAMILY_SLACK = 1.25            # prune when a family's linear lower bound > 1.25 x budget (noise, cache effects)
+INT8_REACH = 4.0               # int8 is at most 4x faster than fp32
+INT8_SLACK = 1.25              # once a family's int8 speed-up is measured: at most 1.25 x that
+ADAPTIVE = dict(warmup=3, min_runs=10, max_runs=100, precision=0.03, max_seconds=1.0)
 
 
 @dataclass
@@ -46,21 +86,24 @@ class Entry:
     params: int
     macs: int
     top1: float | None          # published ImageNet top-1 (fp32)
-    median_ms: float
-    p90_ms: float
-    spread: float
-    size_mb: float              # exported file size (weights at this precision)
+    median_ms: float | None     # None: not measured (see Selection.unmeasured)
+    p90_ms: float | None
+    spread: float | None
+    size_mb: float | None       # exported file size (weights at this precision)
     frontier: bool = False
+    measured_at: str = ""       # ISO date of the figure
+    cached: bool = False        # read back from the measurement cache
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def frontier(entries: Sequence[Entry], cost: str = "median_ms") -> list[Entry]:
-    """Entries with a published top-1 that no cheaper entry beats in accuracy, sorted by ``cost``
-    ("median_ms" or "macs"); with latency as the cost, marks ``Entry.frontier``."""
+    """Measured entries with a published top-1 that no cheaper entry beats in accuracy, sorted by
+    ``cost`` ("median_ms" or "macs"); with latency as the cost, marks ``Entry.frontier``."""
     best, out = -1.0, []
-    for e in sorted((e for e in entries if e.top1 is not None), key=lambda e: (getattr(e, cost), -e.top1)):
+    pts = [e for e in entries if e.top1 is not None and e.median_ms is not None]
+    for e in sorted(pts, key=lambda e: (getattr(e, cost), -e.top1)):
         if e.top1 > best:
             best = e.top1
             out.append(e)
@@ -70,36 +113,32 @@ def frontier(entries: Sequence[Entry], cost: str = "median_ms") -> list[Entry]:
     return out
 
 
-def fastest_backend(backends: Sequence[str] | None = None, probe: str = "mobilenet_v2_100",
-                    status: Callable[[str], None] | None = None) -> str:
-    """The installed backend that runs ``probe`` fastest (fp32, 1 thread), by a short interleaved bench."""
-    use, _ = benchmod.installed_backends(backends)
-    use = [b for b in use if b != "compile"] or use
+def fastest_backend(b: Bench, backends: Sequence[str] | None = None, probe: str = PROBE,
+                    precision: str = "fp32") -> str:
+    """The installed backend that runs ``probe`` fastest at ``precision``, by a short interleaved
+    bench (or the figures of one in the measurement cache). Every installed runtime that offers
+    the precision competes."""
+    use, _ = installed_backends(backends)
+    use = [x for x in use if x != "compile" and precision in SUPPORTED[x]]
+    if not use:
+        raise UsageError(f"no installed runtime runs {precision}: pip install 'mobilenets[runtimes]'")
     if len(use) == 1:
         return use[0]
-    report = benchmod.bench([probe], backends=use, warmup=5, iters=30, rounds=3, status=status)
-    return min(report.rows, key=lambda r: r.timing.median_ms).backend
+    skipped: list[str] = []
+    cells = plan([resolve_target(probe)], use, [precision], peers=False, explicit_backends=True, bench=b,
+                 skipped=skipped)
+    rows = measure_interleaved(b, cells, skipped=skipped, **QUICK_TIMING)
+    if not rows:
+        raise UsageError(f"no runtime could run {probe} {precision}: " + "; ".join(skipped))
+    return min(rows, key=lambda r: r.timing.median_ms).backend
 
 
-def _entries(report: benchmod.BenchReport) -> list[Entry]:
-    out = []
-    for r in report.rows:
-        if r.impl != "mobilenets":
-            continue
-        v = VARIANTS[r.model]
-        size = _file_size_mb(r) or r.params * (1 if r.precision == "int8" else 4) / 1e6
-        out.append(Entry(r.model, v.family, r.width, r.resolution, r.precision, r.backend, r.params, r.macs, v.top1,
-                         r.timing.median_ms, r.timing.p90_ms, r.timing.spread, round(size, 2)))
-    return out
-
-
-def _file_size_mb(row: benchmod.BenchRow) -> float | None:
-    """The size of the export behind ``row`` (OpenVINO's weights file included), if there is one."""
-    if row.file is None:
-        return None
-    f = Path(row.file)
-    weights = f.with_suffix(".bin")
-    return (f.stat().st_size + (weights.stat().st_size if weights.is_file() else 0)) / 1e6
+def _entry(row: BenchRow, variant: Variant) -> Entry:
+    size = row.size_bytes / 1e6 if row.size_bytes else (row.params or 0) * (1 if row.precision == "int8" else 4) / 1e6
+    t = row.timing
+    return Entry(variant.name, variant.family, row.width, row.resolution, row.precision, row.backend, row.params,
+                 row.macs, variant.top1, t.median_ms, t.p90_ms, t.spread, round(size, 2),
+                 measured_at=row.measured_at, cached=row.cached)
 
 
 @dataclass
@@ -115,34 +154,47 @@ class ZooReport:
 
 
 def zoo_report(*, quick: bool = False, backends: Sequence[str] | None = None, threads: int = 1,
-               models: Sequence[str] | None = None, status: Callable[[str], None] | None = None) -> ZooReport:
-    """Every family at its headline widths (and, unless ``quick``, V1/V2 resolutions), measured on
-    the fastest installed backend. ``quick``: headline widths, fewer iterations, and the fastest of
-    the runtimes that export in a second (``QUICK_BACKENDS``); finishes in about a minute."""
+               models: Sequence[str] | None = None, fresh: bool = False, cache: MeasurementCache | None = None,
+               progress: Progress | None = None) -> ZooReport:
+    """Every family at its headline widths (and, unless ``quick``, V1/V2 resolutions), fp32, on the
+    fastest installed backend. ``quick``: headline widths and short timing."""
     names = list(models or (HEADLINE if quick else HEADLINE + RESOLUTIONS))
-    if quick and backends is None:  # runtimes whose export takes about a second (LiteRT's takes ~10 s)
-        backends = [b for b in QUICK_BACKENDS if b in benchmod.installed_backends(None)[0]] or None
-    backend = fastest_backend(backends, status=status)
-    warmup, iters, rounds = (5, 30, 3) if quick else (50, 300, 10)
-    report = benchmod.bench(names, backends=[backend], threads=threads, warmup=warmup, iters=iters, rounds=rounds,
-                            status=status)
-    entries = _entries(report)
+    check_settings(threads=threads)
+    targets = [resolve_target(n) for n in names]
+    b = Bench(threads=threads, cache=cache, fresh=fresh, progress=progress)
+    backend = fastest_backend(b, backends)
+    timing = QUICK_TIMING if quick else FULL_TIMING
+    skipped: list[str] = []
+    cells = plan(targets, [backend], ["fp32"], peers=False, explicit_backends=True, bench=b, skipped=skipped)
+    rows = measure_interleaved(b, cells, skipped=skipped, **timing)
+    entries = [_entry(r, VARIANTS[r.model]) for r in rows]
     frontier(entries)
-    return ZooReport(entries, backend, report.machine, dict(report.settings, quick=quick))
+    settings = dict(models=names, backend=backend, threads=threads, batch=1, quick=quick, fresh=fresh,
+                    gemm_gflops=b.gemm_flops() / 1e9, skipped=skipped, **timing)
+    return ZooReport(entries, backend, latency.machine_info(), settings)
 
 
 @dataclass
 class Selection:
     fits: list[Entry]
-    rejected: list[tuple[Entry, str]]
+    rejected: list[tuple[Entry, str]]        # measured, and over a cap
     budget: dict
-    backend: str
+    backends: dict[str, str]                 # precision -> the runtime its entries were measured on
     machine: dict
+    unmeasured: list[tuple[Entry, str]] = field(default_factory=list)   # not measured, with the reason
+
+    @property
+    def backend(self) -> str:
+        """The runtime(s), for a title: "openvino", or "litert (fp32), openvino (int8)"."""
+        if len(set(self.backends.values())) == 1:
+            return next(iter(self.backends.values()))
+        return ", ".join(f"{b} ({p})" for p, b in self.backends.items())
 
     def to_dict(self) -> dict:
-        return {"budget": self.budget, "backend": self.backend, "machine": self.machine,
+        return {"budget": self.budget, "backends": self.backends, "machine": self.machine,
                 "fits": [e.to_dict() for e in self.fits],
-                "rejected": [dict(e.to_dict(), reason=why) for e, why in self.rejected]}
+                "rejected": [dict(e.to_dict(), reason=why) for e, why in self.rejected],
+                "unmeasured": [dict(e.to_dict(), reason=why) for e, why in self.unmeasured]}
 
 
 def parse_count(text: str | float | int | None) -> float | None:
@@ -157,10 +209,31 @@ def parse_count(text: str | float | int | None) -> float | None:
         raise UsageError(f"not a count: {text!r} (examples: 3M, 500k, 2.5e6)") from None
 
 
+@dataclass
+class _Candidate:
+    target: Target
+    variant: Variant
+    precision: str
+    macs: int
+    params: int
+
+    def entry(self, backend: str) -> Entry:
+        return Entry(self.variant.name, self.variant.family, self.variant.width, self.target.resolution,
+                     self.precision, backend, self.params, self.macs, self.variant.top1, None, None, None, None)
+
+
+def _published(b: Bench, variant: Variant, target: Target) -> tuple[int, int]:
+    """(MACs, params) from the published table, profiled where the table has no figure."""
+    if variant.macs_m and variant.params_m:
+        return int(variant.macs_m * 1e6), int(variant.params_m * 1e6)
+    macs, params = b.complexity(target)
+    return int(macs), int(params)
+
+
 def select(budget_ms: float, *, backend: str | None = None, max_params: str | float | None = None,
            max_size_mb: float | None = None, precisions: Sequence[str] = ("fp32", "int8"), threads: int = 1,
-           models: Sequence[str] | None = None, quick: bool = True,
-           status: Callable[[str], None] | None = None) -> Selection:
+           models: Sequence[str] | None = None, top: int | None = None, fresh: bool = False,
+           cache: MeasurementCache | None = None, progress: Progress | None = None) -> Selection:
     """The variants x precisions that fit the budget, best published top-1 first (see module doc)."""
     if budget_ms <= 0:
         raise UsageError(f"--budget-ms must be > 0, got {budget_ms}")
@@ -169,50 +242,164 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
         raise UsageError(f"--max-params must be > 0, got {max_params}")
     if max_size_mb is not None and max_size_mb <= 0:
         raise UsageError(f"--max-size-mb must be > 0, got {max_size_mb}")
+    if top is not None and top < 1:
+        raise UsageError(f"--top must be >= 1, got {top}")
+    check_settings(threads=threads, precisions=precisions)
+    if backend is not None:
+        use, missing = installed_backends([backend])  # unknown -> UsageError
+        if not use:
+            raise UsageError(missing[0])
+        precisions = [p for p in precisions if p in SUPPORTED[backend]]
+        if not precisions:
+            raise UsageError(f"backend {backend} offers none of the requested precisions")
+    if "bf16" in precisions and not cpu_has_bf16():
+        precisions = [p for p in precisions if p != "bf16"]
+        if not precisions:
+            raise UsageError("bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16)")
     names = list(models or [n for n, v in VARIANTS.items() if v.top1 is not None])
-    backend = backend or fastest_backend(status=status)
-    precisions = [p for p in precisions if p in benchmod.SUPPORTED.get(backend, ())]
-    if not precisions:
-        raise UsageError(f"backend {backend} offers none of the requested precisions")
-    warmup, iters, rounds = (5, 30, 3) if quick else (50, 300, 10)
-    entries: list[Entry] = []
-    fp32 = [p for p in precisions if p == "fp32"]
-    rest = [p for p in precisions if p != "fp32"]
-    if fp32:
-        entries += _entries(benchmod.bench(names, backends=[backend], precisions=fp32, threads=threads,
-                                           warmup=warmup, iters=iters, rounds=rounds, status=status))
-    if rest:  # lower precisions are at most a few times faster: skip what cannot fit even so
-        hopeless = {e.name for e in entries if e.median_ms > 4 * budget_ms}
-        todo = [n for n in names if n not in hopeless]
-        if todo:
-            rep = benchmod.bench(todo, backends=[backend], precisions=rest, threads=threads, warmup=warmup,
-                                 iters=iters, rounds=rounds, status=status)
-            entries += _entries(rep)
-    fits, rejected = [], []
-    for e in entries:
-        why = []
-        if e.median_ms > budget_ms:
-            why.append(f"{e.median_ms:.2f} ms > {budget_ms:g} ms")
-        if params_cap is not None and e.params > params_cap:
-            why.append(f"{e.params / 1e6:.2f}M params > {params_cap / 1e6:g}M")
-        if max_size_mb is not None and e.size_mb > max_size_mb:
-            why.append(f"{e.size_mb:.1f} MB > {max_size_mb:g} MB")
-        (rejected.append((e, "; ".join(why))) if why else fits.append(e))
+    variants = [get_variant(n) for n in names]  # an unknown name fails here, before anything is measured
+    targets = {v.name: resolve_target(v.name) for v in variants}
+    b = Bench(threads=threads, cache=cache, fresh=fresh, progress=progress)
+    backends = {p: backend or fastest_backend(b, precision=p) for p in precisions}
+    search = _Search(b, backends, budget_ms, params_cap, max_size_mb, top)
+    order = sorted(((v, targets[v.name]) for v in variants), key=lambda vt: (-(vt[0].top1 or 0), vt[0].macs_m or 0))
+    candidates = []
+    for variant, target in order:
+        macs, params = _published(b, variant, target)
+        candidates += [_Candidate(target, variant, p, macs, params) for p in precisions]
+    search.run(candidates)
+    b.save()
+    entries = search.fits + [e for e, _ in search.rejected]
     frontier(entries)
-    fits.sort(key=lambda e: (-(e.top1 or 0), e.median_ms))
+    search.fits.sort(key=lambda e: (-(e.top1 or 0), e.median_ms))
     budget = dict(budget_ms=budget_ms, max_params=params_cap, max_size_mb=max_size_mb, precisions=list(precisions),
-                  threads=threads)
-    return Selection(fits, rejected, budget, backend, latency.machine_info())
+                  threads=threads, top=top, gemm_gflops=b.gemm_flops() / 1e9)
+    return Selection(search.fits, search.rejected, budget, backends, latency.machine_info(), search.unmeasured)
+
+
+class _Search:
+    """The pruned search of ``select`` (see the module doc)."""
+
+    def __init__(self, b: Bench, backends: dict[str, str], budget_ms: float, params_cap: float | None,
+                 max_size_mb: float | None, top: int | None):
+        self.b, self.backends, self.budget = b, backends, budget_ms
+        self.params_cap, self.max_size_mb, self.top = params_cap, max_size_mb, top
+        self.fits: list[Entry] = []
+        self.rejected: list[tuple[Entry, str]] = []
+        self.unmeasured: list[tuple[Entry, str]] = []
+        self.measured: dict[tuple[str, str], Entry] = {}     # (variant, precision) -> entry
+        self.done = 0
+
+    def run(self, candidates: list[_Candidate]) -> None:
+        for i, c in enumerate(candidates):
+            why = self.prune(c)
+            if why:
+                self.unmeasured.append((c.entry(self.backends[c.precision]), why))
+                continue
+            left = len(candidates) - i
+            if self.top is not None:
+                left = min(left, 2 * (self.top - len(self.fits)))
+            self.measure(c, self.done, self.done + left)
+            self.done += 1
+
+    def prune(self, c: _Candidate) -> str | None:
+        """Why ``c`` need not be measured, or None."""
+        if self.top is not None and len(self.fits) >= self.top:
+            return f"{self.top} entries with a higher published top-1 fit already"
+        if self.params_cap is not None and c.params > self.params_cap:
+            return f"{c.params / 1e6:.2f}M params > {self.params_cap / 1e6:g}M"
+        weight_bytes = 1 if c.precision == "int8" else 4
+        if self.max_size_mb is not None and c.params * weight_bytes / 1e6 > self.max_size_mb:
+            return f"{c.params / 1e6:.2f}M weights of {weight_bytes} B > {self.max_size_mb:g} MB"
+        speedup = self.int8_reach(c.variant.family) if c.precision == "int8" else 1.0
+        floor = self.b.floor_ms(c.macs)
+        if floor is not None and floor * FLOOR_SLACK / speedup > self.budget:
+            return (f"GEMM floor {floor:.2f} ms" + (f" / {speedup:.3g} (int8 reach)" if speedup > 1 else "")
+                    + f" > {self.budget:g} ms")
+        if c.precision == "int8":
+            twin = self.measured.get((c.variant.name, "fp32"))
+            if twin is not None and self._fits(twin):
+                return "its fp32 version fits: int8 is measured where it changes the answer"
+            if twin is not None and twin.median_ms > speedup * self.budget:
+                return (f"fp32 {twin.median_ms:.2f} ms > {speedup:.3g} (int8 reach) x {self.budget:g} ms: "
+                        f"int8 cannot reach")
+        bound = self._family_bound(c)
+        if bound is not None and bound[0] > FAMILY_SLACK * self.budget:
+            return f"{bound[1].name} {c.precision} runs {bound[1].median_ms:.2f} ms: at least {bound[0]:.2f} ms here"
+        return None
+
+    def int8_reach(self, family: str) -> float:
+        """How much faster int8 may run than fp32 in ``family`` (each on its runtime): ``INT8_SLACK`` x the
+        best speed-up measured in the family so far, ``INT8_REACH`` before one is measured (or when
+        that is lower). Families differ (V3's hard-swish and squeeze-excite quantize poorly), so
+        one family's speed-up does not bound another's."""
+        seen = [fp.median_ms / q.median_ms for (name, prec), q in self.measured.items()
+                if prec == "int8" and q.family == family and (fp := self.measured.get((name, "fp32"))) is not None]
+        return min(INT8_REACH, INT8_SLACK * max(seen)) if seen else INT8_REACH
+
+    def _family_bound(self, c: _Candidate) -> tuple[float, Entry] | None:
+        """The highest linear lower bound on ``c``'s time from larger measured variants of its family."""
+        best = None
+        for e in self.measured.values():
+            if e.family == c.variant.family and e.precision == c.precision and e.macs >= c.macs:
+                bound = e.median_ms * c.macs / e.macs
+                if best is None or bound > best[0]:
+                    best = (bound, e)
+        return best
+
+    def _why_not(self, e: Entry) -> str:
+        why = []
+        if e.median_ms > self.budget:
+            why.append(f"{e.median_ms:.2f} ms > {self.budget:g} ms")
+        if self.params_cap is not None and e.params > self.params_cap:
+            why.append(f"{e.params / 1e6:.2f}M params > {self.params_cap / 1e6:g}M")
+        if self.max_size_mb is not None and e.size_mb > self.max_size_mb:
+            why.append(f"{e.size_mb:.1f} MB > {self.max_size_mb:g} MB")
+        return "; ".join(why)
+
+    def _fits(self, e: Entry) -> bool:
+        return not self._why_not(e)
+
+    def measure(self, c: _Candidate, done: int, total: int) -> None:
+        b = self.b
+        cell = b.cell(c.target, self.backends[c.precision], c.precision)
+        row = b.cached(cell, min_runs=ADAPTIVE["min_runs"])
+        if row is None:
+            row = self._time(cell, done, total)
+        if row is None:
+            return
+        e = _entry(row, c.variant)
+        self.measured[(c.variant.name, c.precision)] = e
+        why = self._why_not(e)
+        (self.rejected.append((e, why)) if why else self.fits.append(e))
+
+    def _time(self, cell: Cell, done: int, total: int) -> BenchRow | None:
+        b = self.b
+        b.progress(f"exporting {cell.label}", done, total)
+        try:
+            session = b.session(cell)
+        except UsageError as exc:
+            self.unmeasured.append((Entry(cell.target.label, cell.target.family, cell.target.width,
+                                          cell.target.resolution, cell.precision, cell.backend, 0, 0,
+                                          None, None, None, None, None), f"cannot run: {exc}"))
+            return None
+        b.progress(f"timing {cell.label}", done + 0.8, total)
+        timing = latency.adaptive(session.runner(b.input(cell)), batch=b.batch, **ADAPTIVE)
+        row = b.record(cell, timing, getattr(session, "path", None))
+        b.save()
+        return row
 
 
 def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budget_ms: float | None = None) -> Path:
     """Top-1 against latency and against MACs, one colour per family, the frontier drawn (PNG)."""
+    # Imported here, not at the top: pyplot takes about half a second to import, and every start of
+    # the CLI imports this module; only the charts (zoo, select --plot) need it.
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: never a window
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    pts = [e for e in entries if e.top1 is not None]
+    pts = [e for e in entries if e.top1 is not None and e.median_ms is not None]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     families = sorted({e.family for e in pts})
     colours = dict(zip(families, plt.cm.tab10.colors, strict=False))

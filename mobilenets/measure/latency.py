@@ -1,14 +1,21 @@
 """Timing that survives a noisy machine: interleaved rounds, robust statistics, the machine recorded.
 
-Every latency figure of the package comes from ``interleaved``: all sessions are warmed up,
-then timed in alternating rounds (forward, then reversed order) so that a burst of noise from
-another process hits every contender alike, and ratios between them stay honest. ``Timing``
-reports the median (the headline figure), mean, p10/p90 and the relative spread
-``(p90 - p10) / median``; a spread above ``NOISY`` earns a warning.
+Every latency figure of the package comes from here. ``interleaved`` warms every session up, then
+times them in alternating rounds (forward, then reversed order), so that a burst of noise from
+another process hits every contender alike and ratios between them stay honest. ``adaptive``
+times one runner until its median is known to a given precision, for searches that measure many
+candidates one after another. ``Timing`` reports the median (the headline figure), mean, p10/p90
+and the relative spread ``(p90 - p10) / median``; a spread above ``NOISY`` earns a warning.
+
+The compute floor of a model is what this machine's own fp32 GEMM throughput allows: MACs x 2
+FLOP / (the single-core GEMM FLOP/s measured by ``gemm_flops``, times the threads). It is
+measured, not derived from the nominal clock, which misses turbo clocks and the width of the
+core's FMA units.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import time
@@ -16,9 +23,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+
+from ..core import hardware
 
 NOISY = 0.25                   # relative spread above which a figure is flagged
-FLOP_PER_CYCLE = 32            # fp32 FMA throughput of one core: 2 x 256-bit FMA (AVX2, or AVX-512 split)
+GEMM_SIZES = (384, 512, 768)   # n of the n x n x n fp32 GEMMs that measure a core's peak
 
 
 @dataclass
@@ -44,6 +54,11 @@ class Timing:
     def to_dict(self) -> dict:
         return {**asdict(self), "throughput": self.throughput}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Timing:
+        return cls(**{k: d[k] for k in ("median_ms", "mean_ms", "p10_ms", "p90_ms", "min_ms", "spread", "runs")},
+                   batch=int(d.get("batch", 1)))
+
 
 def summarize(times_ms, batch: int = 1) -> Timing:
     a = np.asarray(times_ms, dtype=np.float64)
@@ -55,8 +70,8 @@ def summarize(times_ms, batch: int = 1) -> Timing:
 
 
 def interleaved_times(runners: dict[Hashable, Callable[[], object]], *, warmup: int = 50, iters: int = 1000,
-                      rounds: int = 10, on_round: Callable[[int], None] | None = None
-                      ) -> dict[Hashable, list[float]]:
+                      rounds: int = 10, on_round: Callable[[int], None] | None = None,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[Hashable, list[float]]:
     """Milliseconds of every timed call of each zero-argument ``runner``: ``warmup`` calls each,
     then ``iters`` calls each spread over ``rounds`` alternating rounds (order reversed every
     other round)."""
@@ -67,7 +82,6 @@ def interleaved_times(runners: dict[Hashable, Callable[[], object]], *, warmup: 
     rounds = max(1, min(rounds, iters))
     per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
     times: dict[Hashable, list[float]] = {k: [] for k in keys}
-    clock = time.perf_counter
     for r, n in enumerate(per_round):
         for k in (keys if r % 2 == 0 else reversed(keys)):
             run, out = runners[k], times[k]
@@ -88,28 +102,83 @@ def interleaved(runners: dict[Hashable, Callable[[], object]], *, warmup: int = 
     return {k: summarize(v, batch) for k, v in times.items()}
 
 
-def cpu_model() -> str:
+def median_halfwidth(times_ms) -> float:
+    """Half the width of a ~95% confidence interval of the median, relative to the median: the
+    order statistics ``n/2 -/+ sqrt(n)`` (distribution-free), so one outlier does not widen it."""
+    a = np.sort(np.asarray(times_ms, dtype=np.float64))
+    n = a.size
+    if n < 3:
+        return math.inf
+    k = math.sqrt(n)
+    lo, hi = a[max(0, int(n / 2 - k))], a[min(n - 1, int(math.ceil(n / 2 + k)))]
+    med = float(np.median(a))
+    return float((hi - lo) / 2 / med) if med > 0 else math.inf
+
+
+def adaptive_times(runner: Callable[[], object], *, warmup: int = 3, min_runs: int = 10, max_runs: int = 200,
+                   precision: float = 0.02, max_seconds: float = 2.0,
+                   clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Milliseconds of timed calls of ``runner``: at least ``min_runs``, then until the median is
+    known to ``precision`` (``median_halfwidth``), ``max_runs`` are made or ``max_seconds`` of timed
+    calls have passed. A steady runtime stops early; a noisy one gets the runs it needs."""
+    for _ in range(warmup):
+        runner()
+    times: list[float] = []
+    spent = 0.0
+    check_at = min_runs
+    while len(times) < max_runs:
+        t = clock()
+        runner()
+        dt = clock() - t
+        times.append(dt * 1e3)
+        spent += dt
+        if len(times) >= check_at:
+            if median_halfwidth(times) <= precision or spent >= max_seconds:
+                break
+            check_at = len(times) + max(1, len(times) // 4)
+    return times
+
+
+def adaptive(runner: Callable[[], object], *, batch: int = 1, **kwargs) -> Timing:
+    """``adaptive_times`` summarised."""
+    return summarize(adaptive_times(runner, **kwargs), batch)
+
+
+def gemm_flops(*, sizes: tuple[int, ...] = GEMM_SIZES, repeats: int = 10, threads: int = 1) -> float:
+    """fp32 FLOP/s of square GEMMs through torch on ``threads`` threads: the best of ``repeats`` timed
+    products at each of ``sizes`` after a warm-up, the best size winning. What this machine's cores
+    sustain at their turbo clock; sizes that fit the caches, so that memory does not hide it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    best = 0.0
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        gen = torch.Generator().manual_seed(0)
+        for n in sizes:
+            a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+            out = torch.empty(n, n)
+            torch.mm(a, b, out=out)
+            fastest = math.inf
+            for _ in range(repeats):
+                t = time.perf_counter()
+                torch.mm(a, b, out=out)
+                fastest = min(fastest, time.perf_counter() - t)
+            best = max(best, 2 * n ** 3 / fastest)
+    finally:
+        torch.set_num_threads(before)
+    return best
+
+
+def gemm_floor_ms(macs: int | None, flops: float | None, threads: int = 1) -> float | None:
+    """The GEMM floor: MACs x 2 FLOP / (measured single-core GEMM FLOP/s x threads), in ms.
+    No model can run faster than its arithmetic at the machine's best fp32 GEMM rate."""
+    if not macs or not flops:
+        return None
+    return macs * 2 / (flops * threads) * 1e3
 
 
 def cpu_flags() -> list[str]:
     """The SIMD flags that decide which kernels runtimes pick (AVX2, AVX-512, VNNI, BF16, AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")) or "vnni" in f)
-    except OSError:
-        pass
-    return []
+    return sorted(f for f in hardware.cpu_flags() if f.startswith(("avx", "amx", "fma")) or "vnni" in f)
 
 
 def clock_ghz() -> float | None:
@@ -124,27 +193,20 @@ def clock_ghz() -> float | None:
     return None
 
 
-def has_bf16() -> bool:
-    return any(f in ("avx512_bf16", "amx_bf16") for f in cpu_flags())
-
-
-def compute_floor_ms(macs: int, threads: int = 1, ghz: float | None = None) -> float | None:
-    """The fp32 compute floor: MACs x 2 FLOP / (FLOP_PER_CYCLE x clock x threads)."""
-    ghz = ghz or clock_ghz()
-    if not ghz:
-        return None
-    return macs * 2 / (FLOP_PER_CYCLE * ghz * 1e9 * threads) * 1e3
-
-
-def machine_info() -> dict:
-    """CPU, cores, flags and the versions of every library a figure depends on."""
+def library_versions() -> dict[str, str]:
+    """Installed versions of every library a latency figure depends on."""
     versions = {}
     for dist in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
-                 "numpy"):
+                 "litert-torch", "numpy"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "clock_ghz": clock_ghz(), "flags": cpu_flags(),
-            "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+    return versions
+
+
+def machine_info() -> dict:
+    """CPU, cores, flags and the versions of every library a figure depends on."""
+    return {"cpu": hardware.cpu_model(), "cores": os.cpu_count(), "clock_ghz": clock_ghz(), "flags": cpu_flags(),
+            "python": platform.python_version(), "platform": platform.platform(), "versions": library_versions(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
