@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import timing as _latency
 from ..core.errors import UsageError
 from ..core.preprocessing import Preprocessing
-from ..measure import latency as _latency
 from ..models.meta import CheckpointMeta
 from ..models.network import MobileNet, unwrap
 from ..weights.resolve import CHECKPOINT_SUFFIXES, EXPORT_SUFFIXES, resolve_model
@@ -376,7 +376,7 @@ def _session_for_module(model: MobileNet, meta: CheckpointMeta, backend: str, *,
 
 
 def summarize(times_ms: list[float]) -> dict:
-    """Median / p90 / min milliseconds and the run count (``measure.latency.summarize`` as a dict)."""
+    """Median / p90 / min milliseconds and the run count (``core.timing.summarize`` as a dict)."""
     t = _latency.summarize(times_ms)
     return {"median_ms": t.median_ms, "p90_ms": t.p90_ms, "min_ms": t.min_ms, "runs": t.runs}
 
@@ -384,7 +384,7 @@ def summarize(times_ms: list[float]) -> dict:
 def interleaved_times(sessions: dict[str, Session], x: np.ndarray, *, warmup: int = 10, rounds: int = 20,
                       per_round: int = 10) -> dict[str, list[float]]:
     """Milliseconds of every ``run(x)`` of several sessions, ``per_round`` runs each in ``rounds``
-    alternating rounds (``measure.latency.interleaved_times``), so that the load of a shared
+    alternating rounds (``core.timing.interleaved_times``), so that the load of a shared
     machine hits them all alike."""
     runners = {k: (lambda s=s: s.run(x)) for k, s in sessions.items()}
     return _latency.interleaved_times(runners, warmup=warmup, iters=rounds * per_round, rounds=rounds)
