@@ -37,3 +37,53 @@ def test_bad_input_gets_one_line_and_exit_2():
     _one_line_error(["profile", "mobilenet_v2", "--width", "0"], "width must be > 0")
     _one_line_error(["profile", "mobilenet_v2", "--resolution", "20"], "too small")
     _one_line_error(["profile", "mobilenet_v2", "--num-classes", "0"], "num_classes")
+
+
+def test_click_parameter_errors_are_one_line_too():
+    _one_line_error(["list", "--bogus"], "No such option: --bogus")
+    _one_line_error(["eval", "runs/x", "--batch-size", "0"], "--batch-size")
+    _one_line_error(["profile"], "Missing argument")
+
+
+def test_unknown_errors_are_one_line_with_exit_1_and_debug_shows_the_traceback(monkeypatch):
+    import mobilenets.cli.zoo as zoo
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom\nsecond line")
+
+    monkeypatch.setattr(zoo, "profile_model", boom)
+    result = runner.invoke(app, ["profile", "mobilenet_v2"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "RuntimeError: kaboom second line" in result.stderr and "--debug" in result.stderr
+    debug = runner.invoke(app, ["--debug", "profile", "mobilenet_v2"])
+    assert debug.exit_code == 1 and isinstance(debug.exception, RuntimeError)
+
+
+VERBS = ["list", "profile", "convert", "predict", "train", "eval", "export", "bench", "zoo", "select"]
+
+
+def _options(verb: str) -> dict[str, object]:
+    """{flag: click option} of a verb, read from the command tree typer builds."""
+    import typer.main
+
+    command = typer.main.get_command(app).commands[verb]
+    return {name: p for p in command.params for name in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+
+
+def test_every_verb_speaks_one_vocabulary():
+    """-o/--output for files, --batch-size for batches, --json a flag, one --device default."""
+    devices = set()
+    for verb in VERBS:
+        opts = _options(verb)
+        for alias, word in (("--batch", "--batch-size"), ("--to", "--output"), ("--out", "--output")):
+            if alias in opts:  # an old spelling may stay as an alias of the common word, or hidden
+                assert opts[alias] is opts.get(word) or opts[alias].hidden, f"{verb} says {alias}; use {word}"
+        if "--json" in opts:
+            assert opts["--json"].is_flag, f"{verb} --json takes a value; --json is a flag, files go to -o"
+        if "--output" in opts:
+            assert "-o" in opts["--output"].opts, f"{verb} --output lacks -o"
+        if "--device" in opts:
+            device = opts["--device"]  # train's options default to None: "the recipe's value", shown in help
+            devices.add(device.default if device.default is not None or "default: auto" not in device.help
+                        else "auto")
+    assert devices <= {"auto"}, f"--device defaults differ between verbs: {devices}"

@@ -9,7 +9,7 @@ from rich.table import Table
 from ..measure.profile import profile as profile_model
 from ..models import VARIANTS, get_variant, list_models
 from ..weights import create_model
-from . import console
+from .common import console
 
 
 def _m(x: float | None, digits: int = 1) -> str:
