@@ -87,3 +87,11 @@ def test_every_verb_speaks_one_vocabulary():
             devices.add(device.default if device.default is not None or "default: auto" not in device.help
                         else "auto")
     assert devices <= {"auto"}, f"--device defaults differ between verbs: {devices}"
+
+
+def test_list_patterns_from_its_own_help():
+    result = runner.invoke(app, ["list", "v3*", "--json"])
+    assert result.exit_code == 0, result.output
+    names = [r["name"] for r in json.loads(result.stdout)]
+    assert names and all(n.startswith("mobilenet_v3_") for n in names)
+    _one_line_error(["list", "v9*"], "no model matches 'v9*'")

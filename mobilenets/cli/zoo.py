@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from ..measure.profile import profile as profile_model
-from ..models import VARIANTS, get_variant, list_models
+from ..models import VARIANTS, get_variant, match_models
 from ..weights import create_model
 from .common import console
 
@@ -19,7 +19,7 @@ def _m(x: float | None, digits: int = 1) -> str:
 def list_cmd(pattern: str = typer.Argument("*", help="shell pattern or substring, e.g. 'v3*' or 'mobilenext'"),
              as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """Every variant with its published MACs, params and ImageNet top-1."""
-    names = list_models(pattern)
+    names = match_models(pattern)
     rows = [VARIANTS[n] for n in names]
     if as_json:
         print(json.dumps([v.__dict__ for v in rows], indent=1))
