@@ -95,3 +95,15 @@ def test_list_patterns_from_its_own_help():
     names = [r["name"] for r in json.loads(result.stdout)]
     assert names and all(n.startswith("mobilenet_v3_") for n in names)
     _one_line_error(["list", "v9*"], "no model matches 'v9*'")
+
+
+def test_the_command_line_starts_without_the_heavy_libraries_it_may_not_need():
+    """torchvision (with torch._dynamo), matplotlib, numba and the runtimes are imported where they
+    are used, so `mobilenets list` or a cached `select` does not pay for them at start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mobilenets.cli; print(' '.join(m for m in ('torchvision', 'matplotlib', 'numba', "
+            "'onnxruntime', 'openvino', 'timm', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"imported at start-up: {out}"

@@ -9,7 +9,7 @@ from torch import nn
 import mobilenets
 from mobilenets.train import fastdw
 
-pytestmark = pytest.mark.skipif(fastdw.numba is None, reason="numba not installed")
+pytestmark = pytest.mark.skipif(not fastdw.has_numba(), reason="numba not installed")
 
 
 @pytest.mark.parametrize("kernel,stride,bias,channels_last", [

@@ -13,7 +13,6 @@ A corrupt or unreadable image is skipped with a warning naming the file and coun
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import warnings
@@ -23,12 +22,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision import datasets as tv_datasets
-from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import UsageError
 from ..core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing, cifar, imagenet
+from .transforms import resize_transform, tv
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -228,16 +225,7 @@ class LazyImageFolder(torch.utils.data.Dataset):
 
     def _transform(self):
         if self._tf is None:
-            pre = self.pre
-            interp = T.InterpolationMode(pre.interpolation)
-            if self.train and pre.kind == "imagenet":
-                size = [T.RandomResizedCrop(pre.resolution, interpolation=interp, antialias=True)]
-            elif pre.kind == "imagenet":
-                size = [T.Resize(math.floor(pre.resolution / pre.crop_pct), interpolation=interp, antialias=True),
-                        T.CenterCrop(pre.resolution)]
-            else:
-                size = [T.Resize((pre.resolution, pre.resolution), interpolation=interp, antialias=True)]
-            self._tf = T.Compose([T.ToImage(), *size])
+            self._tf = resize_transform(self.pre, train=self.train)
         return self._tf
 
     def __getitem__(self, i: int):
@@ -280,6 +268,7 @@ def _cifar_dir(kind: str, root: Path, download: bool) -> Path:
     if base.is_dir():
         return base
     if download:
+        from torchvision import datasets as tv_datasets  # only to download (see data.transforms.tv)
         cls = tv_datasets.CIFAR10 if kind == "cifar10" else tv_datasets.CIFAR100
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -433,7 +422,7 @@ def load_data(spec: str | DataSpec, *, resolution: int | None = None, preset: st
 
 
 def _resize(data: ImageTensors, res: int) -> ImageTensors:
-    data.images = F.resize(data.images, [res, res], antialias=True)
+    data.images = tv().functional.resize(data.images, [res, res], antialias=True)
     return data
 
 

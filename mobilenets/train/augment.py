@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import v2 as T
 
 from ..core.preprocessing import Preprocessing
+from ..data.transforms import tv
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator, fill: tuple[float, ..
 
 
 def _policy(x: torch.Tensor, name: str, g: torch.Generator) -> torch.Tensor:
+    T = tv()
     tf = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10) if name == "autoaugment" else T.RandAugment()
     # torchvision draws from the global RNG: fork it, seeded from our generator, to stay replayable.
     seed = int(torch.randint(0, 2**62, (1,), generator=g))

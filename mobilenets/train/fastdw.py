@@ -11,6 +11,7 @@ parameters, state dict and eval/export behaviour are unchanged); without numba i
 """
 from __future__ import annotations
 
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,13 +21,15 @@ from torch import nn
 
 from ..models.layers import swap_class, unswap_class
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps training working without it
-    numba = None
+
+def has_numba() -> bool:
+    """numba is imported when a kernel is first compiled, not with the package (command-line start-up)."""
+    return importlib.util.find_spec("numba") is not None
 
 
 def _kernel():
+    import numba
+
     @numba.njit(fastmath=True, cache=True, boundscheck=False, nogil=True)
     def depthwise_weight_grad(x, go, k, stride, pad, out):  # pragma: no cover - compiled
         """out[i, j, c] += sum over n, h, w of x[n, h*s-p+i, w*s-p+j, c] * go[n, h, w, c] (NHWC)."""
@@ -134,7 +137,7 @@ def eligible(m: nn.Module) -> bool:
 
 def enable(model: nn.Module) -> int:
     """Switch the model's eligible depthwise convs to the fast path; returns how many (0 without numba)."""
-    return 0 if numba is None else swap_class(model, eligible, FastDepthwiseConv2d)
+    return 0 if not has_numba() else swap_class(model, eligible, FastDepthwiseConv2d)
 
 
 def disable(model: nn.Module) -> None:
