@@ -247,6 +247,8 @@ def _print_selection(sel: Selection, budget_ms: float, max_params, max_size_mb, 
     if any(e.precision == "int8" for e in sel.fits[:top]):
         console.print("int8 rows show the fp32 published top-1; measure the int8 loss on your data with "
                       "`mobilenets eval` on the exported file.", style="dim")
+    for note in sel.notes:
+        console.print(note, style="dim", highlight=False)
     if sel.unmeasured:
         console.print(f"not measured: {len(sel.unmeasured)} entries that cannot fit (GEMM floor, a larger variant of "
                       f"the family over budget), cannot enter the top {top}, or whose fp32 fits already; --json "

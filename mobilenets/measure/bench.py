@@ -35,9 +35,11 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError
-from ..core.files import atomic_path, atomic_write, check_parent
+from ..core.files import atomic_path, atomic_write, check_parent, publish, staging_dir
 from ..core.hardware import cpu_has_bf16
+from ..deploy.common import sidecar_of, write_sidecar
 from ..deploy.export import export
+from ..deploy.quantize import quantize_file
 from ..deploy.runtimes import BACKENDS, available_backends, open_session
 from ..models import VARIANTS, MobileNet, ModelConfig, model_config
 from ..weights import cache_dir, create_model, resolve_model
@@ -53,6 +55,9 @@ EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflit
 # The backends that run an exported file, by suffix (the first: its own runtime).
 FILE_BACKENDS = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".tflite": ("litert",)}
 CALIB_IMAGES = 8   # random calibration inputs of a timing export: the latency does not depend on them
+# Formats whose int8 timing export is quantized from the cached fp32 file (no second torch export);
+# TFLite int8 is converted from the torch module (PT2E), so it goes through ``export``.
+QUANTIZE_FROM_FP32 = ("onnx", "openvino")
 # (family, width) -> (library, model name): the peers' own implementations of the same architecture.
 PEERS = {
     ("mobilenet_v1", 1.0): ("timm", "mobilenetv1_100"),
@@ -424,17 +429,24 @@ class Bench:
         return (export_cache() / f"{cell.target.identity.replace(':', '-')}-r{cell.target.resolution}"
                 / (f"{fmt}-{cell.precision}-b{self.batch}" + ("-nhwc" if fmt == "tflite" else "")))
 
+    def has_export(self, cell: Cell) -> bool:
+        """Whether ``cell``'s export is in the export cache already."""
+        return (cell.backend in EXPORT_FORMAT and not cell.target.is_file
+                and _cached_file(self.export_dir(cell), EXPORT_FORMAT[cell.backend]) is not None)
+
     def export_file(self, cell: Cell) -> Path:
+        """The cached export of ``cell``, made now if missing. An int8 ONNX or OpenVINO file is
+        quantized from the fp32 export of the same format (``fp32_source``), not exported from torch again."""
         fmt = EXPORT_FORMAT[cell.backend]
         out_dir = self.export_dir(cell)
         found = _cached_file(out_dir, fmt)
         if found is not None:
             return found
+        if cell.precision == "int8" and fmt in QUANTIZE_FROM_FP32:
+            return self._quantize_export(cell, fmt, out_dir)
         kwargs: dict = {}
         if cell.precision == "int8":
-            res, chans = cell.target.resolution, cell.target.config.in_chans
-            rng = np.random.default_rng(0)
-            kwargs.update(int8=True, calib=rng.standard_normal((CALIB_IMAGES, chans, res, res)).astype(np.float32))
+            kwargs.update(int8=True, calib=self.calibration(cell))
         elif cell.precision == "bf16":
             kwargs.update(precision="bf16")
         with warnings.catch_warnings():  # converters warn about their own internals (forks, deprecations)
@@ -442,6 +454,43 @@ class Bench:
             result = export(cell.target.model(), fmt, out_dir, batch=self.batch, nhwc=fmt == "tflite", verify=False,
                             resolution=cell.target.resolution, **kwargs)
         return Path(result.path)
+
+    def calibration(self, cell: Cell) -> np.ndarray:
+        """``CALIB_IMAGES`` random NCHW inputs (a timing export's latency does not depend on them)."""
+        res, chans = cell.target.resolution, cell.target.config.in_chans
+        return np.random.default_rng(0).standard_normal((CALIB_IMAGES, chans, res, res)).astype(np.float32)
+
+    def fp32_source(self, cell: Cell) -> Path:
+        """The fp32 file an int8 ONNX/OpenVINO timing export of ``cell`` is quantized from: the cached
+        fp32 export of its format; for OpenVINO without one, a cached fp32 ONNX file (NNCF reads
+        both); else the fp32 export of its format, made now."""
+        fmt = EXPORT_FORMAT[cell.backend]
+        own = replace(cell, precision="fp32")
+        found = _cached_file(self.export_dir(own), fmt)
+        if found is None and fmt == "openvino":
+            found = _cached_file(self.export_dir(replace(cell, backend="onnxruntime", precision="fp32")), "onnx")
+        return found if found is not None else self.export_file(own)
+
+    def _quantize_export(self, cell: Cell, fmt: str, out_dir: Path) -> Path:
+        """``cell``'s int8 file, quantized from ``fp32_source`` with ``deploy.quantize.quantize_file``
+        and published into ``out_dir`` (weights and sidecar before the file that names them)."""
+        src = self.fp32_source(cell)
+        suffix = EXPORT_SUFFIX[fmt]
+        name = src.stem.replace("-fp32", "-int8").replace("-onnx-", f"-{fmt}-") if "-fp32" in src.stem \
+            else f"{src.stem}-int8"
+        meta = json.loads(sidecar_of(src).read_text()) if sidecar_of(src).is_file() else {}
+        meta.update(precision="int8", export_format=fmt, backend=cell.backend)
+        with staging_dir(out_dir) as work, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tmp = work / f"{name}{suffix}"
+            quantize_file(fmt, src, tmp, self.calibration(cell))
+            write_sidecar(tmp, meta)
+            dst = out_dir / tmp.name
+            if fmt == "openvino":
+                publish(tmp.with_suffix(".bin"), dst.with_suffix(".bin"))
+            publish(sidecar_of(tmp), sidecar_of(dst))
+            publish(tmp, dst)
+        return dst
 
     def peer(self, target: Target) -> tuple[str, str, nn.Module] | None:
         key = (target.family, target.width)
@@ -483,8 +532,11 @@ class Bench:
         return sum(p.numel() for p in found[2].parameters()) if found else None
 
 
+EXPORT_SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+
+
 def _cached_file(out_dir: Path, fmt: str) -> Path | None:
-    suffix = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}[fmt]
+    suffix = EXPORT_SUFFIX[fmt]
     files = sorted(out_dir.glob(f"*{suffix}")) if out_dir.is_dir() else []
     return files[0] if files else None
 

@@ -72,6 +72,9 @@ FLOOR_SLACK = 0.8              # prune when 0.8 x GEMM floor > budget: runtimes 
 FAMILY_SLACK = 1.25            # prune when a family's linear lower bound > 1.25 x budget (noise, cache effects)
 INT8_REACH = 4.0               # int8 is at most 4x faster than fp32
 INT8_SLACK = 1.25              # once a family's int8 speed-up is measured: at most 1.25 x that
+# Runtimes left out of the default search of a precision because their conversion is slow, unless the
+# probe's figure or export is cached already (then it competes at no cost) or ``--backend`` names them.
+SLOW = {"int8": {"litert": "its PT2E conversion takes tens of seconds a model"}}
 ADAPTIVE = dict(warmup=3, min_runs=10, max_runs=100, precision=0.03, max_seconds=1.0)
 
 
@@ -114,12 +117,12 @@ def frontier(entries: Sequence[Entry], cost: str = "median_ms") -> list[Entry]:
 
 
 def fastest_backend(b: Bench, backends: Sequence[str] | None = None, probe: str = PROBE,
-                    precision: str = "fp32") -> str:
+                    precision: str = "fp32", leave_out: Sequence[str] = ()) -> str:
     """The installed backend that runs ``probe`` fastest at ``precision``, by a short interleaved
     bench (or the figures of one in the measurement cache). Every installed runtime that offers
-    the precision competes."""
+    the precision competes, except those in ``leave_out``."""
     use, _ = installed_backends(backends)
-    use = [x for x in use if x != "compile" and precision in SUPPORTED[x]]
+    use = [x for x in use if x != "compile" and precision in SUPPORTED[x] and x not in leave_out]
     if not use:
         raise UsageError(f"no installed runtime runs {precision}: pip install 'mobilenets[runtimes]'")
     if len(use) == 1:
@@ -182,6 +185,7 @@ class Selection:
     backends: dict[str, str]                 # precision -> the runtime its entries were measured on
     machine: dict
     unmeasured: list[tuple[Entry, str]] = field(default_factory=list)   # not measured, with the reason
+    notes: list[str] = field(default_factory=list)   # runtimes left out of the search, with the reason
 
     @property
     def backend(self) -> str:
@@ -194,7 +198,8 @@ class Selection:
         return {"budget": self.budget, "backends": self.backends, "machine": self.machine,
                 "fits": [e.to_dict() for e in self.fits],
                 "rejected": [dict(e.to_dict(), reason=why) for e, why in self.rejected],
-                "unmeasured": [dict(e.to_dict(), reason=why) for e, why in self.unmeasured]}
+                "unmeasured": [dict(e.to_dict(), reason=why) for e, why in self.unmeasured],
+                "notes": self.notes}
 
 
 def parse_count(text: str | float | int | None) -> float | None:
@@ -260,7 +265,7 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
     variants = [get_variant(n) for n in names]  # an unknown name fails here, before anything is measured
     targets = {v.name: resolve_target(v.name) for v in variants}
     b = Bench(threads=threads, cache=cache, fresh=fresh, progress=progress)
-    backends = {p: backend or fastest_backend(b, precision=p) for p in precisions}
+    backends, notes = _runtimes(b, backend, precisions)
     search = _Search(b, backends, budget_ms, params_cap, max_size_mb, top)
     order = sorted(((v, targets[v.name]) for v in variants), key=lambda vt: (-(vt[0].top1 or 0), vt[0].macs_m or 0))
     candidates = []
@@ -274,7 +279,27 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
     search.fits.sort(key=lambda e: (-(e.top1 or 0), e.median_ms))
     budget = dict(budget_ms=budget_ms, max_params=params_cap, max_size_mb=max_size_mb, precisions=list(precisions),
                   threads=threads, top=top, gemm_gflops=b.gemm_flops() / 1e9)
-    return Selection(search.fits, search.rejected, budget, backends, latency.machine_info(), search.unmeasured)
+    return Selection(search.fits, search.rejected, budget, backends, latency.machine_info(), search.unmeasured,
+                     notes)
+
+
+def _runtimes(b: Bench, backend: str | None, precisions: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """precision -> the runtime its entries are measured on (``backend``, or the fastest on the
+    probe), and a note for each runtime left out of the search (``SLOW``) with the reason."""
+    if backend is not None:
+        return {p: backend for p in precisions}, []
+    chosen, notes = {}, []
+    installed, _ = installed_backends(None)
+    for p in precisions:
+        leave = []
+        for slow, why in SLOW.get(p, {}).items():
+            probe = b.cell(resolve_target(PROBE), slow, p)
+            known = b.cached(probe) is not None or b.has_export(probe)   # then the probe costs no conversion
+            if slow in installed and not known:
+                leave.append(slow)
+                notes.append(f"{p} on {slow} not searched ({why}); --backend {slow} to include it")
+        chosen[p] = fastest_backend(b, precision=p, leave_out=leave)
+    return chosen, notes
 
 
 class _Search:
