@@ -117,16 +117,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
                                qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_max_images=qat_max_images)
     _check_output(output, fmt)
     backend = RUNTIME[fmt]
-    require(backend)  # a missing runtime or converter is reported before any work
-    if fmt == "onnx":
-        require_onnx()
-    elif fmt == "tflite":
-        require_litert_torch()
-    if precision == "int8" and not qat_epochs:
-        require_quantizer(fmt)
-    if qat_epochs:
-        require_onnx()
-        require_torchao()
+    _require(fmt, backend, precision, qat_epochs)
     steps = steps or NO_STEPS
 
     resolved = resolve_model(model, weights, pretrained=True)
@@ -141,13 +132,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     out = _output_path(output, net, fmt, precision, res)
     chans = net.config.in_chans
 
-    calib_set = None
-    if calib is not None:
-        with steps("read calibration data"):
-            calib_set = load_images(calib, pre, limit=calib_size)
-        if calib_set.images.shape[1:] != (chans, res, res):
-            raise UsageError(f"calibration images are {tuple(calib_set.images.shape[1:])}, the model takes "
-                             f"{(chans, res, res)}")
+    calib_set = _calibration(calib, pre, calib_size, (chans, res, res), steps)
     train_data = None
     if qat_epochs:
         with steps("read QAT training data"):
@@ -164,18 +149,12 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         if not ((fmt == "tflite" or qat_epochs) and precision == "int8" and not report):
             CONVERTERS[fmt](deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose,
                             steps=steps)
-        final = fp32_file
-        qat_info: dict = {}
+        final, qat_info = fp32_file, {}
         if precision == "int8" and qat_epochs:
             final = work / f"int8{SUFFIX[fmt]}"
-            with steps("QAT fine-tune"):
-                qm = qat.finetune(net, train_data, calib_set.images, epochs=qat_epochs,
-                                  lr=qat.DEFAULT_LR if qat_lr is None else qat_lr,
-                                  batch_size=qat_batch_size or qat.DEFAULT_BATCH, resolution=res, nhwc=nhwc, pre=pre,
-                                  reporter=None if steps is NO_STEPS else _StepsReporter(steps))
-            with steps("convert to int8"):
-                qat.save_int8(qm, fmt, final, batch=batch, opset=opset, verbose=verbose)
-            qat_info = qm.info
+            qat_info = _qat_int8(net, train_data, calib_set, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
+                                 batch_size=qat_batch_size, resolution=res, nhwc=nhwc, pre=pre, batch=batch,
+                                 opset=opset, verbose=verbose)
         elif precision == "int8":
             final = work / f"int8{SUFFIX[fmt]}"
             with steps("calibrate and quantize"):
@@ -203,6 +182,43 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         with steps("install"):
             files = _install(final, out, fmt, meta, work)
     return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info)
+
+
+def _require(fmt: str, backend: str, precision: str, qat_epochs: int) -> None:
+    """A missing runtime, converter or quantizer is reported before any work."""
+    require(backend)
+    if fmt == "onnx" or qat_epochs:
+        require_onnx()
+    if fmt == "tflite":
+        require_litert_torch()
+    if precision == "int8" and not qat_epochs:
+        require_quantizer(fmt)
+    if qat_epochs:
+        require_torchao()
+
+
+def _calibration(calib, pre, calib_size: int | None, shape: tuple[int, int, int], steps: Steps) -> ImageSet | None:
+    """The calibration images (``None`` without ``calib``), checked against the model's input shape."""
+    if calib is None:
+        return None
+    with steps("read calibration data"):
+        calib_set = load_images(calib, pre, limit=calib_size)
+    if calib_set.images.shape[1:] != shape:
+        raise UsageError(f"calibration images are {tuple(calib_set.images.shape[1:])}, the model takes {shape}")
+    return calib_set
+
+
+def _qat_int8(net, train_data, calib_set: ImageSet, final: Path, fmt: str, steps: Steps, *, epochs: int,
+              lr: float | None, batch_size: int | None, resolution: int, nhwc: bool, pre, batch, opset: int,
+              verbose: bool) -> dict:
+    """Quantization-aware fine-tuning, then the int8 file at ``final``; returns the run's record."""
+    with steps("QAT fine-tune"):
+        qm = qat.finetune(net, train_data, calib_set.images, epochs=epochs, lr=qat.DEFAULT_LR if lr is None else lr,
+                          batch_size=batch_size or qat.DEFAULT_BATCH, resolution=resolution, nhwc=nhwc, pre=pre,
+                          reporter=None if steps is NO_STEPS else _StepsReporter(steps))
+    with steps("convert to int8"):
+        qat.save_int8(qm, fmt, final, batch=batch, opset=opset, verbose=verbose)
+    return qm.info
 
 
 def qat_finetune(model, data, fmt: str = "onnx", output: str | os.PathLike | None = None, *, epochs: int = 1,
