@@ -140,3 +140,18 @@ def test_sessions_take_what_resolve_model_takes(tmp_path):
         np.testing.assert_allclose(o.run(x), s.run(x), atol=1e-4)
     with pytest.raises(UsageError, match="not a training run directory"):
         open_session(tmp_path)
+
+
+@pytest.mark.skipif(INSTALLED["litert"] is None, reason="LiteRT not installed")
+def test_a_litert_session_prints_nothing(tmp_path):
+    """LiteRT's delegate announces itself on stderr ("INFO: Created TensorFlow Lite XNNPACK delegate");
+    predict, eval and bench print only their own output. Run in a subprocess: the line comes from C++."""
+    import subprocess
+    import sys
+
+    model = create_model("mobilenet_v3_small", width=0.35, num_classes=5, resolution=32).eval()
+    path = export(model, "tflite", tmp_path, verify=False).path
+    code = ("import numpy as np, sys; from mobilenets.deploy.runtimes import open_session; "
+            f"s = open_session({str(path)!r}); s.run(np.zeros((1, 3, 32, 32), np.float32))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "" and done.stderr == ""

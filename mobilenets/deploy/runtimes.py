@@ -28,7 +28,7 @@ from ..core.preprocessing import Preprocessing
 from ..models.meta import CheckpointMeta
 from ..models.network import MobileNet, unwrap
 from ..weights.resolve import CHECKPOINT_SUFFIXES, EXPORT_SUFFIXES, resolve_model
-from .common import DEFAULT_OPSET, FORMAT_OF_BACKEND, SUFFIX
+from .common import DEFAULT_OPSET, FORMAT_OF_BACKEND, SUFFIX, quiet
 from .convert import CONVERTERS, require_litert_torch, require_onnx
 from .graph import deploy_module
 
@@ -256,8 +256,9 @@ class LiteRTSession(Session):
         interp_mod = require("litert")
         super().__init__(path=path, **kw)
         try:
-            self.interp = interp_mod.Interpreter(model_path=str(path), num_threads=self.threads)
-            self.interp.allocate_tensors()
+            with quiet():  # the delegate's "INFO: Created TensorFlow Lite XNNPACK delegate" line
+                self.interp = interp_mod.Interpreter(model_path=str(path), num_threads=self.threads)
+                self.interp.allocate_tensors()
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"litert cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
         self.inp = self.interp.get_input_details()[0]
