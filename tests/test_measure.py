@@ -405,6 +405,145 @@ def test_int8_reach_is_learned_per_family(monkeypatch):
     assert "int8 cannot reach" in search.prune(cand)
 
 
+# A fake grid: every variant with a published top-1, a known latency per (variant, runtime, precision):
+# a fixed overhead plus a cost per MAC (so a smaller variant of a family is never relatively faster, as
+# the family bound assumes), times a factor of the runtime and precision; int8 is slower in V3 (hard-swish).
+GRID = [n for n, v in VARIANTS.items() if v.top1 is not None]
+
+
+def _grid_complexity(name):
+    v = VARIANTS[name]
+    return int((v.macs_m or 60) * 1e6), int(v.params_m * 1e6)
+
+
+def _grid_ms(name, backend, precision, factors):
+    macs, _ = _grid_complexity(name)
+    family = VARIANTS[name].family
+    ms = (0.3 + macs / 100e6) * factors[precision][backend] * factors["family"].get((family, precision), 1.0)
+    return ms
+
+
+@pytest.fixture
+def fake_grid(monkeypatch):
+    """Sessions, profiles and the GEMM rate faked: ``grid["opened"]`` lists every (model, backend,
+    precision) opened (one export each); ``grid["factors"]`` may be changed before ``select``."""
+    factors = {"fp32": {"torch": 1.5, "onnxruntime": 1.0, "openvino": 1.1, "litert": 0.98},
+               "int8": {"onnxruntime": 0.6, "openvino": 0.5, "litert": 0.45},
+               "family": {("mobilenet_v3_large", "int8"): 1.6, ("mobilenet_v3_small", "int8"): 1.6}}
+    grid = {"opened": [], "factors": factors}
+
+    def session(self, cell):
+        grid["opened"].append((cell.target.label, cell.backend, cell.precision))
+        return FakeSession(ms=_grid_ms(cell.target.label, cell.backend, cell.precision, factors))
+
+    def adaptive(run, *, batch=1, **kw):
+        return latency.summarize([run.ms] * kw.get("min_runs", 10), batch)
+
+    def interleaved(runners, *, warmup, iters, rounds, batch=1, on_round=None):
+        return {k: latency.summarize([run.ms] * iters, batch) for k, run in runners.items()}
+
+    monkeypatch.setattr(Bench, "session", session)
+    monkeypatch.setattr(Bench, "complexity", lambda self, target: _grid_complexity(target.label))
+    monkeypatch.setattr(latency, "adaptive", adaptive)
+    monkeypatch.setattr(latency, "interleaved", interleaved)
+    monkeypatch.setattr(latency, "gemm_flops", lambda **kw: 1e12)
+    monkeypatch.setattr(bench_mod, "runtime_versions",
+                        lambda: {"torch": "1", "compile": "1", "onnxruntime": "1", "openvino": "1", "litert": "1"})
+    return grid
+
+
+def _exhaustive(budget, top, backends, factors, models=GRID, precisions=("fp32", "int8")):
+    """The answer from every latency of the grid: per variant its fp32 entry if it fits, else its int8
+    entry if that fits; by published top-1, then latency; the first ``top``."""
+    rows = []
+    for name in models:
+        for p in sorted(precisions, key=lambda p: p != "fp32"):
+            ms = _grid_ms(name, backends[p], p, factors)
+            if ms <= budget:
+                rows.append((-VARIANTS[name].top1, ms, name, p))
+                break
+    return [(n, p) for _, _, n, p in sorted(rows)[:top]]
+
+
+@pytest.mark.parametrize("budget, top", [(5.0, 15), (2.0, 15), (1.2, 5), (3.0, 3), (0.5, 15), (8.0, 40)])
+def test_select_answer_is_the_exhaustive_answer_with_fewer_exports(fake_grid, budget, top):
+    sel = select(budget, top=top)
+    assert sel.backends == {"fp32": "onnxruntime", "int8": "openvino"}
+    answer = [(e.name, e.precision) for e in sel.fits[:top]]
+    assert answer == _exhaustive(budget, top, sel.backends, fake_grid["factors"])
+    opened = fake_grid["opened"]
+    assert len(opened) == len(set(opened))                                  # nothing exported twice
+    search = [o for o in opened if o[0] != choose.PROBE]
+    assert len(search) < len(GRID) * 2
+    assert not any(b == "litert" for m, b, p in search)                      # only the probe converted
+    measured = sel.fits + [e for e, _ in sel.rejected]
+    if len(sel.fits) >= top:   # the answer is full: nothing less accurate than its last entry was measured
+        nth = sel.fits[top - 1].top1
+        assert all(e.top1 >= nth for e in measured)
+        below = [e for e, why in sel.unmeasured if why.startswith(f"below the top {top}")]
+        assert below and all(e.top1 < nth for e in below)
+        assert {(e.name, e.precision) for e in below} == {(n, p) for n in GRID for p in ("fp32", "int8")
+                                                          if VARIANTS[n].top1 < nth}
+    fp32_fits = {e.name for e in sel.fits if e.precision == "fp32"}
+    assert not [m for m, b, p in opened if p == "int8" and m in fp32_fits and m != choose.PROBE]
+    assert all("fp32 version fits" in why for e, why in sel.unmeasured
+               if e.precision == "int8" and e.name in fp32_fits)
+
+
+def test_select_ranks_ties_on_published_top1_by_measuring_them(fake_grid):
+    # mobilenet_v2_050 and mobilenet_v3_small_075 share a published 65.4; V3-S 0.75 (fewer MACs, searched
+    # first) is made slower: with --top 1 the answer is the faster of the two, so both are measured
+    fake_grid["factors"]["family"][("mobilenet_v3_small", "fp32")] = 3.0
+    models = ["mobilenet_v3_small_075", "mobilenet_v2_050", "mobilenet_v2_035"]
+    sel = select(5.0, backend="onnxruntime", precisions=["fp32"], models=models, top=1)
+    assert [(e.name, e.precision) for e in sel.fits[:1]] == [("mobilenet_v2_050", "fp32")]
+    assert [(e.name, e.precision) for e in sel.fits[:1]] == _exhaustive(5.0, 1, sel.backends, fake_grid["factors"],
+                                                                        models, ["fp32"])
+    assert [m for m, _, _ in fake_grid["opened"]] == ["mobilenet_v3_small_075", "mobilenet_v2_050"]
+    assert _reasons(sel) == {("mobilenet_v2_035", "fp32"): "below the top 1: 1 entries with a higher published "
+                                                           "top-1 fit already"}
+
+
+def test_select_precision_order_does_not_change_the_answer(fake_grid):
+    models = ["mobilenet_v2_100", "mobilenet_v2_075", "mobilenet_v2_050", "mobilenet_v3_small_100"]
+    one = select(2.0, backend="onnxruntime", precisions=["int8", "fp32"], models=models)
+    n = len(fake_grid["opened"])
+    two = select(2.0, backend="onnxruntime", precisions=["fp32", "int8"], models=models, fresh=True)
+    assert [(e.name, e.precision) for e in one.fits] == [(e.name, e.precision) for e in two.fits]
+    assert fake_grid["opened"][:n] == fake_grid["opened"][n:]
+    assert [(e.name, e.precision) for e in one.fits] == _exhaustive(2.0, 9, one.backends, fake_grid["factors"],
+                                                                     models)
+
+
+def test_select_searches_on_the_cheaper_runtime_when_the_fastest_is_within_tolerance(fake_grid):
+    models = ["mobilenet_v2_100", "mobilenet_v2_050"]
+    sel = select(5.0, models=models)       # fake fp32: LiteRT 2% faster than ONNX Runtime on the probe
+    assert sel.backends == {"fp32": "onnxruntime", "int8": "openvino"}
+    passed = [n for n in sel.notes if n.startswith("fp32 searched on onnxruntime")]
+    assert passed == ["fp32 searched on onnxruntime: litert was 2.0% faster on the probe but its exports cost "
+                      "~3x onnxruntime's; --backend litert to search on it"]
+    assert sel.to_dict()["notes"] == sel.notes
+    assert [o for o in fake_grid["opened"] if o[1] == "litert"] == [(choose.PROBE, "litert", "fp32")]
+    res = runner.invoke(app, ["select", "--budget-ms", "5", "--models", ",".join(models)])
+    assert res.exit_code == 0, res.output
+    assert passed[0] in " ".join(res.stdout.split())
+    as_json = json.loads(runner.invoke(app, ["select", "--budget-ms", "5", "--models", ",".join(models),
+                                             "--json"]).stdout)
+    assert passed[0] in as_json["notes"]
+
+
+def test_select_keeps_the_fastest_runtime_when_it_is_clearly_faster(fake_grid):
+    fake_grid["factors"]["fp32"]["litert"] = 0.9      # 10% faster: worth its conversion
+    sel = select(5.0, models=["mobilenet_v2_100", "mobilenet_v2_050"])
+    assert sel.backends == {"fp32": "litert", "int8": "openvino"}
+    assert not any("searched on" in n for n in sel.notes)
+    rows = [bench_mod.BenchRow("p", "mobilenets", b, "fp32", 1.0, 224, 1, 1, 1, 1, latency.summarize([ms]))
+            for b, ms in (("litert", 1.0), ("openvino", 1.04), ("torch", 1.03))]
+    pick, note = choose.cheapest_near_fastest(rows, "fp32")   # torch needs no export at all
+    assert pick == "torch" and "litert was" in note and "torch needs no export" in note
+    assert choose.cheapest_near_fastest(rows, "bf16") == ("litert", None)   # no export costs known: the fastest
+
+
 @pytest.mark.parametrize("args, pattern", [
     (["bench", "mobilenet_v9"], "unknown model"),
     (["bench", "mobilenet_v2", "--backend", "tensorrt"], "unknown backend"),

@@ -5,23 +5,34 @@ installed one is a contender, LiteRT included) and returns one ``Entry`` per var
 MACs, published ImageNet top-1, latency). ``select`` finds the variants x precisions that fit a
 latency / parameter / file-size budget, ranked by published accuracy; each precision is measured
 on the installed runtime that runs it fastest (the fastest fp32 runtime is often not the fastest
-int8 one), or on the one runtime asked for. ``frontier`` marks the
+int8 one), or on the one runtime asked for. Since a search is mostly exports, a runtime whose
+timing exports are cheaper (``EXPORT_COST``) and whose time on the probe is within
+``EXPORT_TOLERANCE`` of the fastest is searched instead, and a note says so. ``frontier`` marks the
 entries no other entry beats on both latency and accuracy; ``plot`` draws them. Accuracy is
 always the *published* ImageNet figure (fp32); int8 entries carry it with a note, since their
 loss depends on the checkpoint and calibration (measure it with ``mobilenets eval`` on the
 exported file).
 
-``select`` measures only what can still change its answer, most accurate first:
+``select``'s answer is the ``top`` most accurate fitting entries, ranked by published top-1, then
+by latency, where a variant enters with its fp32 entry when that fits, else with each of its
+reduced-precision (int8, bf16) entries that fits. A reduced precision carries the fp32 published
+top-1 but loses some accuracy, so it never belongs in the answer beside a fitting fp32 entry of the
+same variant. The search measures only what can still change that answer, most accurate first:
 
 * a variant whose GEMM floor (``latency.gemm_floor_ms``, with ``FLOOR_SLACK`` for runtimes whose
   kernels beat torch's GEMM) exceeds the budget cannot fit and is not exported;
 * within a family, time grows at least in proportion to MACs (a smaller variant has relatively
   more depthwise and fixed overhead), so a measured variant bounds every smaller one from below:
   one predicted over ``FAMILY_SLACK`` x the budget is not exported either;
-* int8 is measured only where it can change the answer: when the fp32 variant does not fit but
-  is within reach of the budget: ``INT8_REACH`` (int8 does at most 4 multiply-adds where fp32
-  does one), or ``INT8_SLACK`` x the best int8 speed-up measured in the family on this runtime;
-* with ``top``, the search stops once that many entries fit: less accurate ones cannot enter the list.
+* a reduced precision is measured only where it can change the answer: never when the variant's
+  fp32 entry fits; int8 only when the fp32 variant is within reach of the budget: ``INT8_REACH``
+  (int8 does at most 4 multiply-adds where fp32 does one), or ``INT8_SLACK`` x the best int8
+  speed-up measured in the family on this runtime;
+* with ``top``, once that many entries fit, a candidate with a lower published top-1 than the
+  ``top``-th of them cannot enter the answer and is not measured ("below the top N"); candidates
+  come most accurate first, so the search ends there. Time does not fall monotonically with MACs
+  across widths, so a variant is never taken to fit because a larger one does: whatever enters
+  the answer is measured.
 
 What was not measured is listed with the reason. Timing is adaptive (``latency.adaptive``: a
 steady runtime is timed briefly), every figure goes to the measurement cache, so a second search
@@ -75,6 +86,12 @@ INT8_SLACK = 1.25              # once a family's int8 speed-up is measured: at m
 # Runtimes left out of the default search of a precision because their conversion is slow, unless the
 # probe's figure or export is cached already (then it competes at no cost) or ``--backend`` names them.
 SLOW = {"int8": {"litert": "its PT2E conversion takes tens of seconds a model"}}
+# What a timing export costs on each runtime, relative to an ONNX export (torch times the module: no export).
+# A precision is searched on a runtime with cheaper exports when its time on the probe is within
+# EXPORT_TOLERANCE of the fastest runtime's; a note says so (``--backend`` searches on the fastest).
+EXPORT_COST = {"fp32": {"torch": 0.0, "onnxruntime": 1.0, "openvino": 1.0, "litert": 3.0},
+               "int8": {"onnxruntime": 1.0, "openvino": 1.0, "litert": 10.0}}
+EXPORT_TOLERANCE = 0.05
 ADAPTIVE = dict(warmup=3, min_runs=10, max_runs=100, precision=0.03, max_seconds=1.0)
 
 
@@ -121,19 +138,52 @@ def fastest_backend(b: Bench, backends: Sequence[str] | None = None, probe: str 
     """The installed backend that runs ``probe`` fastest at ``precision``, by a short interleaved
     bench (or the figures of one in the measurement cache). Every installed runtime that offers
     the precision competes, except those in ``leave_out``."""
+    use = contenders(backends, precision, leave_out)
+    if len(use) == 1:
+        return use[0]
+    return min(probe_rows(b, use, probe, precision), key=lambda r: r.timing.median_ms).backend
+
+
+def contenders(backends: Sequence[str] | None, precision: str, leave_out: Sequence[str] = ()) -> list[str]:
+    """The installed backends (of ``backends``, or all) that offer ``precision``, but compile and
+    ``leave_out``; ``UsageError`` when none is left."""
     use, _ = installed_backends(backends)
     use = [x for x in use if x != "compile" and precision in SUPPORTED[x] and x not in leave_out]
     if not use:
         raise UsageError(f"no installed runtime runs {precision}: pip install 'mobilenets[runtimes]'")
-    if len(use) == 1:
-        return use[0]
+    return use
+
+
+def probe_rows(b: Bench, backends: Sequence[str], probe: str = PROBE, precision: str = "fp32") -> list[BenchRow]:
+    """``probe``'s row on each of ``backends`` at ``precision``: a short interleaved bench, or the
+    figures of one in the measurement cache. ``UsageError`` when no backend could run it."""
     skipped: list[str] = []
-    cells = plan([resolve_target(probe)], use, [precision], peers=False, explicit_backends=True, bench=b,
+    cells = plan([resolve_target(probe)], backends, [precision], peers=False, explicit_backends=True, bench=b,
                  skipped=skipped)
     rows = measure_interleaved(b, cells, skipped=skipped, **QUICK_TIMING)
     if not rows:
         raise UsageError(f"no runtime could run {probe} {precision}: " + "; ".join(skipped))
-    return min(rows, key=lambda r: r.timing.median_ms).backend
+    return rows
+
+
+def cheapest_near_fastest(rows: Sequence[BenchRow], precision: str) -> tuple[str, str | None]:
+    """The runtime to search ``precision`` on, from the probe's ``rows``: the fastest, unless a runtime
+    whose timing exports cost less (``EXPORT_COST``) runs the probe within ``EXPORT_TOLERANCE`` of it;
+    then the cheapest such runtime, and a note naming the faster one passed over and how to search on it."""
+    fastest = min(rows, key=lambda r: r.timing.median_ms)
+    cost = EXPORT_COST.get(precision, {})
+    if fastest.backend not in cost:
+        return fastest.backend, None
+    near = [r for r in rows if cost.get(r.backend, cost[fastest.backend]) < cost[fastest.backend]
+            and r.timing.median_ms <= (1 + EXPORT_TOLERANCE) * fastest.timing.median_ms]
+    if not near:
+        return fastest.backend, None
+    pick = min(near, key=lambda r: (cost[r.backend], r.timing.median_ms))
+    gain = 1 - fastest.timing.median_ms / pick.timing.median_ms
+    dearer = (f"its exports cost ~{cost[fastest.backend] / cost[pick.backend]:.3g}x {pick.backend}'s"
+              if cost[pick.backend] else f"{pick.backend} needs no export")
+    return pick.backend, (f"{precision} searched on {pick.backend}: {fastest.backend} was {gain:.1%} faster on the "
+                          f"probe but {dearer}; --backend {fastest.backend} to search on it")
 
 
 def _entry(row: BenchRow, variant: Variant) -> Entry:
@@ -239,7 +289,13 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
            max_size_mb: float | None = None, precisions: Sequence[str] = ("fp32", "int8"), threads: int = 1,
            models: Sequence[str] | None = None, top: int | None = None, fresh: bool = False,
            cache: MeasurementCache | None = None, progress: Progress | None = None) -> Selection:
-    """The variants x precisions that fit the budget, best published top-1 first (see module doc)."""
+    """The variants x precisions that fit the budget, best published top-1 first, then fastest (see the
+    module doc). ``fits[:top]`` is the answer an exhaustive search would give wherever the prunes'
+    bounds hold: a reduced precision (int8, bf16) of a variant enters it only when the variant's fp32
+    entry does not fit (it would repeat that published top-1 at a lower real accuracy), so it is not
+    measured then. ``fits`` may run past ``top`` where candidates tie with the ``top``-th fit on
+    published top-1 (each was measured to rank the tie). ``unmeasured`` gives the reason each entry
+    left out was not measured: "below the top N" for those that cannot enter the answer."""
     if budget_ms <= 0:
         raise UsageError(f"--budget-ms must be > 0, got {budget_ms}")
     params_cap = parse_count(max_params)
@@ -268,24 +324,33 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
     backends, notes = _runtimes(b, backend, precisions)
     search = _Search(b, backends, budget_ms, params_cap, max_size_mb, top)
     order = sorted(((v, targets[v.name]) for v in variants), key=lambda vt: (-(vt[0].top1 or 0), vt[0].macs_m or 0))
+    # fp32 before a variant's reduced precisions: whether it fits decides whether they are measured
+    ranked = sorted(precisions, key=lambda p: p != "fp32")
     candidates = []
     for variant, target in order:
         macs, params = _published(b, variant, target)
-        candidates += [_Candidate(target, variant, p, macs, params) for p in precisions]
+        candidates += [_Candidate(target, variant, p, macs, params) for p in ranked]
     search.run(candidates)
     b.save()
     entries = search.fits + [e for e, _ in search.rejected]
     frontier(entries)
-    search.fits.sort(key=lambda e: (-(e.top1 or 0), e.median_ms))
+    search.fits.sort(key=_rank)
     budget = dict(budget_ms=budget_ms, max_params=params_cap, max_size_mb=max_size_mb, precisions=list(precisions),
                   threads=threads, top=top, gemm_gflops=b.gemm_flops() / 1e9)
     return Selection(search.fits, search.rejected, budget, backends, latency.machine_info(), search.unmeasured,
                      notes)
 
 
+def _rank(e: Entry) -> tuple:
+    """The answer's order: published top-1, then latency (name and precision break exact ties)."""
+    return -(e.top1 or 0), e.median_ms, e.name, e.precision
+
+
 def _runtimes(b: Bench, backend: str | None, precisions: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """precision -> the runtime its entries are measured on (``backend``, or the fastest on the
-    probe), and a note for each runtime left out of the search (``SLOW``) with the reason."""
+    """precision -> the runtime its entries are measured on: ``backend``; else the fastest on the
+    probe, or one with cheaper exports within ``EXPORT_TOLERANCE`` of it (``cheapest_near_fastest``).
+    A note for each runtime left out of the search (``SLOW``) or passed over for its export cost,
+    with the reason: no runtime is passed over silently."""
     if backend is not None:
         return {p: backend for p in precisions}, []
     chosen, notes = {}, []
@@ -298,7 +363,13 @@ def _runtimes(b: Bench, backend: str | None, precisions: Sequence[str]) -> tuple
             if slow in installed and not known:
                 leave.append(slow)
                 notes.append(f"{p} on {slow} not searched ({why}); --backend {slow} to include it")
-        chosen[p] = fastest_backend(b, precision=p, leave_out=leave)
+        use = contenders(None, p, leave)
+        if len(use) == 1:
+            chosen[p] = use[0]
+            continue
+        chosen[p], note = cheapest_near_fastest(probe_rows(b, use, PROBE, p), p)
+        if note:
+            notes.append(note)
     return chosen, notes
 
 
@@ -323,14 +394,17 @@ class _Search:
                 continue
             left = len(candidates) - i
             if self.top is not None:
-                left = min(left, 2 * (self.top - len(self.fits)))
+                left = min(left, max(1, 2 * (self.top - len(self.fits))))
             self.measure(c, self.done, self.done + left)
             self.done += 1
 
     def prune(self, c: _Candidate) -> str | None:
         """Why ``c`` need not be measured, or None."""
         if self.top is not None and len(self.fits) >= self.top:
-            return f"{self.top} entries with a higher published top-1 fit already"
+            nth = sorted(self.fits, key=_rank)[self.top - 1]
+            if (c.variant.top1 or 0) < (nth.top1 or 0):
+                return (f"below the top {self.top}: {self.top} entries with a higher published top-1 fit "
+                        f"already")
         if self.params_cap is not None and c.params > self.params_cap:
             return f"{c.params / 1e6:.2f}M params > {self.params_cap / 1e6:g}M"
         weight_bytes = 1 if c.precision == "int8" else 4
@@ -341,13 +415,12 @@ class _Search:
         if floor is not None and floor * FLOOR_SLACK / speedup > self.budget:
             return (f"GEMM floor {floor:.2f} ms" + (f" / {speedup:.3g} (int8 reach)" if speedup > 1 else "")
                     + f" > {self.budget:g} ms")
-        if c.precision == "int8":
-            twin = self.measured.get((c.variant.name, "fp32"))
-            if twin is not None and self._fits(twin):
-                return "its fp32 version fits: int8 is measured where it changes the answer"
-            if twin is not None and twin.median_ms > speedup * self.budget:
-                return (f"fp32 {twin.median_ms:.2f} ms > {speedup:.3g} (int8 reach) x {self.budget:g} ms: "
-                        f"int8 cannot reach")
+        twin = self.measured.get((c.variant.name, "fp32")) if c.precision != "fp32" else None
+        if twin is not None and self._fits(twin):
+            return f"its fp32 version fits: {c.precision} cannot change the answer"
+        if c.precision == "int8" and twin is not None and twin.median_ms > speedup * self.budget:
+            return (f"fp32 {twin.median_ms:.2f} ms > {speedup:.3g} (int8 reach) x {self.budget:g} ms: "
+                    f"int8 cannot reach")
         bound = self._family_bound(c)
         if bound is not None and bound[0] > FAMILY_SLACK * self.budget:
             return f"{bound[1].name} {c.precision} runs {bound[1].median_ms:.2f} ms: at least {bound[0]:.2f} ms here"
