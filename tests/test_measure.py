@@ -630,3 +630,22 @@ def test_session_runner_matches_run_in_every_layout(tmp_path):
         sessions.append(open_session(export(model, "tflite", tmp_path / "nhwc", nhwc=True).path))
     for s in sessions:
         assert np.allclose(s.runner(x)(), s.run(x), atol=1e-5), s
+
+
+def test_select_stops_at_its_time_limit_and_the_next_call_continues(fake_grid):
+    """Past ``max_seconds`` nothing new is exported; the answer above the first entry left out is
+    final, the note says so, and the same call again (measurements cached) finishes the search."""
+    ticks = iter(range(10_000))
+    clock = lambda: float(next(ticks))  # noqa: E731  (one second per look at the clock)
+    first = select(5.0, top=15, max_seconds=12, clock=clock)
+    stopped = [e for e, why in first.unmeasured if why.startswith("time limit")]
+    assert stopped and any("time limit" in n and "run the same command again" in n for n in first.notes)
+    cut = max(e.top1 for e in stopped)
+    exhaustive = _exhaustive(5.0, 15, first.backends, fake_grid["factors"])
+    final = [(e.name, e.precision) for e in first.fits if e.top1 > cut]
+    assert final == [a for a in exhaustive if VARIANTS[a[0]].top1 > cut]
+    opened = len(fake_grid["opened"])
+    second = select(5.0, top=15)
+    assert [(e.name, e.precision) for e in second.fits[:15]] == exhaustive
+    assert not any("time limit" in n for n in second.notes)
+    assert len(fake_grid["opened"]) > opened and len(set(fake_grid["opened"])) == len(fake_grid["opened"])

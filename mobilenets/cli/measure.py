@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..core.errors import UsageError
 from ..core.files import check_parent
+from ..core.hardware import process_age_s
 from ..measure.bench import bench, check_output
 from ..measure.choose import PROBE, Selection, ZooReport, plot, select, write_json, zoo_report
 from ..models import match_models
@@ -196,6 +197,9 @@ def select_cmd(
     threads: options.Threads = 1,
     top: Annotated[int, typer.Option(min=1, help="how many fitting entries to find and list; the search stops "
                                                  "there")] = 15,
+    max_seconds: Annotated[float, typer.Option(min=0, help="seconds the command may take, start-up included "
+                                                       "(0: no limit); what was measured is cached, so running "
+                                                       "again continues")] = 60,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="save the frontier plot as PNG")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="save the selection as JSON")] = None,
     as_json: options.Json = False,
@@ -210,7 +214,8 @@ def select_cmd(
     with _progress() as progress:
         sel = select(budget_ms, backend=backend, max_params=max_params, max_size_mb=max_size_mb,
                      precisions=_split(precision) or ["fp32"], threads=threads, models=names, top=top, fresh=fresh,
-                     progress=progress)
+                     progress=progress,
+                     max_seconds=max_seconds or None, spent_s=process_age_s())
     if as_json:
         _dump(sel.to_dict())
     else:

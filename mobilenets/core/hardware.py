@@ -3,6 +3,7 @@ would use, the CPU's name. Probes only; no policy."""
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -83,3 +84,14 @@ def cxx_compiler() -> str | None:
         return get_cpp_compiler()
     except exc.InvalidCxxCompiler:
         return None
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (interpreter start-up and imports included), from
+    ``/proc`` on Linux; 0 where that cannot be read."""
+    try:
+        start_ticks = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0

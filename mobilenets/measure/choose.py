@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,17 +286,27 @@ def _published(b: Bench, variant: Variant, target: Target) -> tuple[int, int]:
     return int(macs), int(params)
 
 
+ANSWER_S = 2.0  # of --max-seconds, kept for saving the cache and writing the answer
+
 def select(budget_ms: float, *, backend: str | None = None, max_params: str | float | None = None,
            max_size_mb: float | None = None, precisions: Sequence[str] = ("fp32", "int8"), threads: int = 1,
            models: Sequence[str] | None = None, top: int | None = None, fresh: bool = False,
-           cache: MeasurementCache | None = None, progress: Progress | None = None) -> Selection:
+           cache: MeasurementCache | None = None, progress: Progress | None = None,
+           max_seconds: float | None = None, spent_s: float = 0.0, clock=time.monotonic) -> Selection:
     """The variants x precisions that fit the budget, best published top-1 first, then fastest (see the
     module doc). ``fits[:top]`` is the answer an exhaustive search would give wherever the prunes'
     bounds hold: a reduced precision (int8, bf16) of a variant enters it only when the variant's fp32
     entry does not fit (it would repeat that published top-1 at a lower real accuracy), so it is not
     measured then. ``fits`` may run past ``top`` where candidates tie with the ``top``-th fit on
     published top-1 (each was measured to rank the tie). ``unmeasured`` gives the reason each entry
-    left out was not measured: "below the top N" for those that cannot enter the answer."""
+    left out was not measured: "below the top N" for those that cannot enter the answer.
+
+    ``max_seconds``: after this long (runtime choice included), or when the last export's duration
+    says the next one would end past it, only candidates whose figure is cached are still measured;
+    the rest are left unmeasured with the reason "time limit", and a note says how far the answer is
+    final (every entry ranked above the first candidate left out). ``spent_s``: seconds of the
+    limit already gone (the command line's start-up); ``ANSWER_S`` is kept for writing the answer.
+    What was measured is cached, so the same call continues where this one stopped."""
     if budget_ms <= 0:
         raise UsageError(f"--budget-ms must be > 0, got {budget_ms}")
     params_cap = parse_count(max_params)
@@ -305,6 +316,9 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
         raise UsageError(f"--max-size-mb must be > 0, got {max_size_mb}")
     if top is not None and top < 1:
         raise UsageError(f"--top must be >= 1, got {top}")
+    if max_seconds is not None and max_seconds < 0:
+        raise UsageError(f"--max-seconds must be >= 0, got {max_seconds}")
+    deadline = clock() + max_seconds - spent_s - ANSWER_S if max_seconds else None
     check_settings(threads=threads, precisions=precisions)
     if backend is not None:
         use, missing = installed_backends([backend])  # unknown -> UsageError
@@ -322,7 +336,7 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
     targets = {v.name: resolve_target(v.name) for v in variants}
     b = Bench(threads=threads, cache=cache, fresh=fresh, progress=progress)
     backends, notes = _runtimes(b, backend, precisions)
-    search = _Search(b, backends, budget_ms, params_cap, max_size_mb, top)
+    search = _Search(b, backends, budget_ms, params_cap, max_size_mb, top, deadline, clock)
     order = sorted(((v, targets[v.name]) for v in variants), key=lambda vt: (-(vt[0].top1 or 0), vt[0].macs_m or 0))
     # fp32 before a variant's reduced precisions: whether it fits decides whether they are measured
     ranked = sorted(precisions, key=lambda p: p != "fp32")
@@ -332,6 +346,11 @@ def select(budget_ms: float, *, backend: str | None = None, max_params: str | fl
         candidates += [_Candidate(target, variant, p, macs, params) for p in ranked]
     search.run(candidates)
     b.save()
+    if search.stopped_at is not None:
+        c = search.stopped_at
+        notes.append(f"stopped at the time limit ({max_seconds:g} s, --max-seconds): the answer is final for "
+                     f"every entry above published top-1 {c.variant.top1} ({len(search.fits)} fit so far); run the "
+                     f"same command again to continue from the cached measurements")
     entries = search.fits + [e for e, _ in search.rejected]
     frontier(entries)
     search.fits.sort(key=_rank)
@@ -377,8 +396,12 @@ class _Search:
     """The pruned search of ``select`` (see the module doc)."""
 
     def __init__(self, b: Bench, backends: dict[str, str], budget_ms: float, params_cap: float | None,
-                 max_size_mb: float | None, top: int | None):
+                 max_size_mb: float | None, top: int | None, deadline: float | None = None,
+                 clock=time.monotonic):
         self.b, self.backends, self.budget = b, backends, budget_ms
+        self.deadline, self.clock = deadline, clock
+        self.stopped_at: _Candidate | None = None   # the first candidate the time limit left out
+        self.last_cost = 0.0                         # seconds the last export + timing took
         self.params_cap, self.max_size_mb, self.top = params_cap, max_size_mb, top
         self.fits: list[Entry] = []
         self.rejected: list[tuple[Entry, str]] = []
@@ -391,6 +414,11 @@ class _Search:
             why = self.prune(c)
             if why:
                 self.unmeasured.append((c.entry(self.backends[c.precision]), why))
+                continue
+            if self.out_of_time() and not self.is_cached(c):
+                self.stopped_at = self.stopped_at or c
+                self.unmeasured.append((c.entry(self.backends[c.precision]), "time limit (--max-seconds): not "
+                                        "measured yet"))
                 continue
             left = len(candidates) - i
             if self.top is not None:
@@ -458,12 +486,22 @@ class _Search:
     def _fits(self, e: Entry) -> bool:
         return not self._why_not(e)
 
+    def out_of_time(self) -> bool:
+        """Past the deadline, or the last export's duration says the next one would end past it."""
+        return self.deadline is not None and self.clock() + 1.25 * self.last_cost > self.deadline
+
+    def is_cached(self, c: _Candidate) -> bool:
+        cell = self.b.cell(c.target, self.backends[c.precision], c.precision)
+        return self.b.cached(cell, min_runs=ADAPTIVE["min_runs"]) is not None
+
     def measure(self, c: _Candidate, done: int, total: int) -> None:
         b = self.b
         cell = b.cell(c.target, self.backends[c.precision], c.precision)
         row = b.cached(cell, min_runs=ADAPTIVE["min_runs"])
         if row is None:
+            t0 = self.clock()
             row = self._time(cell, done, total)
+            self.last_cost = self.clock() - t0
         if row is None:
             return
         e = _entry(row, c.variant)
