@@ -15,14 +15,13 @@ import torch
 
 from .core.errors import UsageError
 from .core.hardware import resolve_device
-from .core.preprocessing import Preprocessing, default_preprocessing
 from .data.datasets import LazyImageFolder, load_data
 from .deploy.runtimes import open_session
 from .models.meta import CheckpointMeta
 from .train import distributed as D
 from .train.evaluation import evaluate as score
 from .train.evaluation import tta_mode
-from .weights.resolve import Resolved, resolve_model
+from .weights.resolve import resolve_model
 
 NO_HOLD_OUT = ("none", "all")
 
@@ -47,7 +46,8 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
         raise UsageError(f"{target} is a model name: give its checkpoint (--weights FILE), a run directory, "
                          f"a checkpoint or an exported file")
     meta = resolved.meta
-    pre = _preprocessing(resolved)
+    session = open_session(resolved.path, threads=torch.get_num_threads()) if resolved.is_export else None
+    pre = session.feed() if session is not None else resolved.preprocessing
     names = meta.class_names
     hold_out = meta.extra.get("val_size") if hold_out == "recorded" else hold_out
     seed = seed if seed is not None else meta.extra.get("split_seed") or 0
@@ -57,8 +57,8 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
     if isinstance(splits.val, LazyImageFolder):
         splits.val.pre = pre  # the target's crop and interpolation, not the data's defaults
     label_map = _label_map(splits.class_names, names, meta)
-    if resolved.is_export:  # its runtime runs on the CPU, NCHW float32 in
-        model, dev, channels_last = _session_logits(resolved), torch.device("cpu"), False
+    if session is not None:  # its runtime runs on the CPU, NCHW float32 in
+        model, dev, channels_last = _session_logits(session), torch.device("cpu"), False
     else:
         model = resolved.model.to(dev)
         if channels_last:
@@ -72,9 +72,7 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
             "data": str(data), "split": splits.info.get("val"), "preprocessing": pre.to_dict(), "skipped": skipped}
 
 
-def _session_logits(resolved: Resolved):
-    session = open_session(resolved.path, threads=torch.get_num_threads())
-
+def _session_logits(session):
     def logits(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(x.numpy()))
     return logits
@@ -101,15 +99,6 @@ def _val_size(value) -> int | float | str | None:
     if not float(value).is_integer():
         raise UsageError(f"--val-size must be a whole count or a fraction < 1, got {value}")
     return int(value)
-
-
-def _preprocessing(resolved: Resolved) -> Preprocessing:
-    meta = resolved.meta
-    if meta.preprocessing is not None:
-        return meta.preprocessing
-    config = meta.config
-    return default_preprocessing(config.resolution if config is not None else 224,
-                                 cifar_stem=config.cifar_stem if config is not None else 0)
 
 
 def _label_map(data_names: list[str], names: list[str] | None, meta: CheckpointMeta) -> torch.Tensor | None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from .core.errors import UsageError
 from .core.hardware import resolve_device
-from .core.preprocessing import Preprocessing, default_preprocessing
+from .core.preprocessing import Preprocessing
 from .data.labels import class_names_for
 from .data.transforms import eval_transform
 from .deploy.runtimes import Session, open_session
@@ -174,12 +174,7 @@ def _predict_session(session: Session, files: list[Path], top: int, batch_size: 
                      class_names, progress) -> PredictResult:
     """``predict`` through a runtime ``Session``: the export's sidecar preprocessing, else the
     default preprocessing at the input size the graph declares."""
-    pre = preprocessing or session.preprocessing
-    if pre is None:
-        if not session.resolution:
-            raise UsageError(f"{session.path or session.backend}: no sidecar says its preprocessing and its graph "
-                             f"declares no fixed input size")
-        pre = default_preprocessing(int(session.resolution))
+    pre = preprocessing or session.feed()
     name = Path(session.path).stem if session.path else session.backend
     result = PredictResult(model=name, preprocessing=pre)
     _run(lambda x: torch.from_numpy(session.run(x.numpy())), files, result, pre,

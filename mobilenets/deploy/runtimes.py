@@ -24,7 +24,7 @@ from torch import nn
 
 from ..core import timing as _latency
 from ..core.errors import UsageError
-from ..core.preprocessing import Preprocessing
+from ..core.preprocessing import Preprocessing, default_preprocessing
 from ..models.meta import CheckpointMeta
 from ..models.network import MobileNet, unwrap
 from ..weights.resolve import CHECKPOINT_SUFFIXES, EXPORT_SUFFIXES, resolve_model
@@ -104,6 +104,17 @@ class Session:
         if shape is None or len(shape) != 4:
             return None
         return shape[1] if self.input_layout == "NHWC" else shape[2]
+
+    def feed(self) -> Preprocessing:
+        """How to preprocess images for this session: the recorded preprocessing, else the default
+        (``core.preprocessing``) at ``resolution``, which a file without a sidecar takes from its graph."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        if not self.resolution:
+            raise UsageError(f"{self.path or self.backend}: no sidecar says its preprocessing and its graph "
+                             f"declares no fixed input size")
+        config = self.checkpoint_meta.config
+        return default_preprocessing(int(self.resolution), cifar_stem=config.cifar_stem if config else 0)
 
     def _declare_input(self, shape, *, fixed_batch: bool) -> None:
         """Record the graph's input shape (and its batch when fixed); a file exported without a
