@@ -13,7 +13,6 @@ sees half a file, and the folder a killed export leaves is cleaned by the next o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +179,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         if qat_info:
             meta["qat"] = qat_info
         with steps("install"):
-            files = _install(final, out, fmt, meta, work)
+            files = _install(final, out, fmt, meta)
     return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info)
 
 
@@ -364,14 +363,12 @@ def verify_export(net: MobileNet, path: Path, backend: str, precision: str, cali
 # installation
 
 
-def _install(src: Path, out: Path, fmt: str, meta: dict, work: Path) -> list[Path]:
+def _install(src: Path, out: Path, fmt: str, meta: dict) -> list[Path]:
     """Publish the verified file(s) from the staging folder onto ``out`` (an IR's .bin before its
     .xml, which names its weights file by its own stem), then the sidecar."""
     files = []
     if fmt == "openvino":
         files.append(publish(src.with_suffix(".bin"), out.with_suffix(".bin")))
     files.insert(0, publish(src, out))
-    side = work / "sidecar.json"
-    side.write_text(json.dumps(meta, indent=1, default=str))
-    publish(side, sidecar_of(out))
+    publish(write_sidecar(src, meta), sidecar_of(out))
     return files
