@@ -482,7 +482,7 @@ def test_baseline_is_the_seed_recipe(tmp_path):
     mean/std, no weight decay, label smoothing, EMA or dropout change; MobileNetV3-Small with stride 1
     in its first layers."""
     from mobilenets import create_model
-    from mobilenets.data.datasets import CIFAR100_MEAN, CIFAR100_STD
+    from mobilenets.core.preprocessing import CIFAR100_MEAN, CIFAR100_STD
     cfg = resolve_config("baseline")
     seed = dict(model="mobilenet_v3_small", width=None, cifar_stem=3, dropout=None, optimizer="sgd", lr=0.1,
                 momentum=0.9, nesterov=False, weight_decay=0.0, epochs=20, batch_size=128, schedule="step",

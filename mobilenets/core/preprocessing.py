@@ -10,8 +10,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)   # TF-trained weights: [-1, 1]
 INCEPTION_STD = (0.5, 0.5, 0.5)
+# (mean, std) of each data set's training images, by the names data specs and --normalize use
+STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+         "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
 
 
 @dataclass(frozen=True)

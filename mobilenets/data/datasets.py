@@ -24,12 +24,10 @@ import torch
 from PIL import Image
 
 from ..core.errors import UsageError
-from ..core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing, cifar, imagenet
+from ..core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, STATS, Preprocessing, cifar, imagenet
 from .transforms import resize_transform, tv
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 SMALL_IMAGE = 64            # images no larger than this (max side) are CIFAR-like: kept in memory
 MEMORY_FRACTION = 0.3       # in-memory tensors may use up to this fraction of RAM
 
@@ -408,7 +406,7 @@ def load_data(spec: str | DataSpec, *, resolution: int | None = None, preset: st
     if spec.kind in ("cifar10", "cifar100"):
         if not spec.path.exists() and not download:
             raise UsageError(f"no such directory: {spec.path}")
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if spec.kind == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+        mean, std = STATS[spec.kind]
         val = load_cifar(spec.kind, spec.path, train=False, download=download)
         tr = load_cifar(spec.kind, spec.path, train=True, download=download) if train else val.subset(
             torch.arange(0))

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.preprocessing import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from ..data.datasets import CIFAR100_MEAN, CIFAR100_STD, DataSplits, LazyImageFolder, load_data
+from ..core.preprocessing import STATS, Preprocessing
+from ..data.datasets import DataSplits, LazyImageFolder, load_data
 from ..models.meta import CheckpointMeta
 from ..weights.io import save_checkpoint
 from . import distributed as D
@@ -41,9 +41,6 @@ from .rundir import (
 )
 from .speedups import Speedups, apply_speedups, check_speedups
 from .step import augmentation, build_optimizer, learning_rate, train_inputs, train_resolution, train_step
-
-STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-         "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 class TrainingDiverged(RuntimeError):
