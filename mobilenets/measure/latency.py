@@ -1,11 +1,8 @@
-"""Latency of models: adaptive timing, the GEMM floor, the machine recorded (interleaved timing: ``core.timing``).
+"""Latency of models: adaptive timing, the GEMM floor, and the machine recorded with every figure.
 
-Every latency figure of the package comes from here. ``interleaved`` warms every session up, then
-times them in alternating rounds (forward, then reversed order), so that a burst of noise from
-another process hits every contender alike and ratios between them stay honest. ``adaptive``
-times one runner until its median is known to a given precision, for searches that measure many
-candidates one after another. ``Timing`` reports the median (the headline figure), mean, p10/p90
-and the relative spread ``(p90 - p10) / median``; a spread above ``NOISY`` earns a warning.
+Interleaved timing and its statistics (``Timing``, ``summarize``, ``interleaved``) live in
+``core.timing`` and are re-exported here. ``adaptive`` times one runner until its median is known
+to a given precision, for searches that measure many candidates one after another.
 
 The compute floor of a model is what this machine's own fp32 GEMM throughput allows: MACs x 2
 FLOP / (the single-core GEMM FLOP/s measured by ``gemm_flops``, times the threads). It is
