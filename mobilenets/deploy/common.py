@@ -30,6 +30,7 @@ FORMAT_OF_BACKEND = {backend: fmt for fmt, backend in RUNTIME.items()}
 SIDECAR_FORMAT = "mobilenets-export"
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
+TRAINING_SPLIT = ("data", "val_size", "split_seed")  # what a checkpoint records of its held-out images
 
 # Loggers of converters and quantizers that report progress or retried fallbacks at INFO/WARNING.
 NOISY_LOGGERS = ("torch._guards", "torch.export", "torch._dynamo", "torch.onnx", "torch.fx", "onnxscript",
@@ -150,7 +151,11 @@ def export_meta(net, *, meta: CheckpointMeta | None = None, fmt: str, precision:
     needs nothing but the file and this record."""
     meta = meta if meta is not None else getattr(net, "checkpoint_meta", None)
     names = getattr(meta, "class_names", None)
-    return {"format": SIDECAR_FORMAT, "model": getattr(meta, "variant", None) or net.config.family,
+    extra = getattr(meta, "extra", None) or {}
+    # the training run's data and hold-out, so that `eval FILE --data X` scores the images its checkpoint was
+    # validated on (read back as the export's CheckpointMeta.extra, as a checkpoint's own)
+    split = {k: extra[k] for k in TRAINING_SPLIT if extra.get(k) is not None}
+    return {**split, "format": SIDECAR_FORMAT, "model": getattr(meta, "variant", None) or net.config.family,
             "config": net.config.to_dict(), "export_format": fmt, "backend": RUNTIME[fmt], "precision": precision,
             "resolution": int(resolution), "batch": batch, "input_layout": "NHWC" if nhwc else "NCHW",
             "preprocessing": preprocessing.to_dict(),

@@ -55,6 +55,7 @@ from ..train.augment import AugmentConfig, augment, mirror, normalize
 from ..train.batches import seeded, train_batches
 from ..train.distributed import Context
 from ..train.optim import make_optimizer
+from ..train.qat import QATNet, quantizer
 from ..train.report import Reporter
 from ..train.schedule import lr_at
 from .calibration import ImageSet, load_images
@@ -202,63 +203,6 @@ def _check_labels(data: TrainingData, model_names, num_classes: int) -> None:
 # prepare, fine-tune, convert
 
 
-def _specs():
-    """(activation, weight) fake-quantization specs: u8 asymmetric per-tensor activations (moving-average
-    min/max), s8 symmetric per-channel weights in [-127, 127]: ONNX Runtime's U8S8 QDQ recipe."""
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    cfg = xiq.get_default_x86_inductor_quantization_config(is_qat=True)
-    return cfg.input_activation, dataclasses.replace(cfg.weight, quant_min=-127, quant_max=127)
-
-
-def quantizer():
-    """A PT2E quantizer that places fake quantization where ``quantize.quantize_onnx`` (ONNX Runtime's
-    ``quantize_static``, QDQ) puts Q/DQ pairs, so ORT fuses the same kernels as for the PTQ file:
-    every convolution's input, weights (per channel) and output; a ReLU / ReLU6 right after a
-    convolution shares its quantized output (ORT folds the clamp into QLinearConv's range); the
-    outputs of hard-swish, hard-sigmoid, add, mul and global pooling are quantized too, so their
-    inputs arrive as DequantizeLinear (QLinearAdd / QLinearMul / QLinearGlobalAveragePool, and
-    hard-swish between DQ and Q as in the PTQ file).
-
-    Not torchao's ``X86InductorQuantizer`` (same specs): it leaves a convolution's output float
-    when a hard-swish or the SE gate follows, and ORT then runs those convolutions in float."""
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
-
-    act, weight = _specs()
-    aten = torch.ops.aten
-    conv = {aten.conv2d.default}
-    clamps = {aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
-    outputs = {aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default, aten.hardsigmoid_.default,
-               aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor, aten.adaptive_avg_pool2d.default,
-               aten.mean.dim}
-
-    def is_tensor(a) -> bool:
-        return isinstance(a, torch.fx.Node)
-
-    class OrtQDQQuantizer(Quantizer):
-        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            for node in model.graph.nodes:
-                if node.op != "call_function" or "quantization_annotation" in node.meta:
-                    continue
-                if node.target in conv:
-                    users = list(node.users)
-                    fused = len(users) == 1 and users[0].target in clamps
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(
-                        input_qspec_map={node.args[0]: act, node.args[1]: weight},
-                        output_qspec=None if fused else act, _annotated=True)
-                    if fused:
-                        users[0].meta["quantization_annotation"] = QuantizationAnnotation(
-                            output_qspec=act, _annotated=True)
-                elif node.target in outputs and all(is_tensor(a) for a in node.args[:2] if a is not None
-                                                    and not isinstance(a, (list, tuple))):
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=act, _annotated=True)
-            return model
-
-        def validate(self, model: torch.fx.GraphModule) -> None:
-            pass
-
-    return OrtQDQQuantizer()
-
-
 def prepare(net, *, resolution: int | None = None, nhwc: bool = False) -> QATModel:
     """The BN-folded inference graph of ``net`` with fake quantizers, ready to calibrate and train."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
@@ -271,13 +215,13 @@ def prepare(net, *, resolution: int | None = None, nhwc: bool = False) -> QATMod
     with quiet():
         try:
             gm = torch.export.export(deploy, (example,), dynamic_shapes=dims).module()
-            gm = prepare_qat_pt2e(gm, quantizer())
+            gm = prepare_qat_pt2e(gm, quantizer("onnxruntime"))
         except Exception as exc:  # noqa: BLE001 - one line, as the exporters report
             raise UsageError(f"QAT preparation (torch.export + prepare_qat_pt2e) failed: "
                              f"{str(exc).strip().splitlines()[0][:300]}") from exc
     for p in gm.parameters():
         p.requires_grad_(True)
-    return QATModel(gm, example, nhwc, {"route": "pt2e", "quantizer": "ORT QDQ placement (qat.quantizer)",
+    return QATModel(gm, example, nhwc, {"route": "pt2e", "quantizer": "ORT QDQ placement (train.qat.quantizer)",
                                         "scheme": "activations u8 asymmetric per-tensor, weights s8 symmetric "
                                                   "per-channel [-127, 127]", "bn": "folded before QAT"})
 
@@ -403,3 +347,43 @@ def save_int8(qm: QATModel, fmt: str, path: str | os.PathLike, *, batch: int | s
         onnx_to_openvino(onnx_path, path, what="QAT model")
         onnx_path.unlink(missing_ok=True)
     return path
+
+
+def save_learned_int8(net, fmt: str, path: str | os.PathLike, *, batch: int | str = 1, opset: int = 18,
+                      verbose: bool = False) -> Path:
+    """The int8 ``fmt`` file of a quantization-aware checkpoint (``train --qat``): its graph prepared
+    again for the recorded backend, its learned quantization state loaded, converted without
+    calibration: ONNX QDQ / OpenVINO IR (``onnxruntime``, ``openvino``) or TFLite (``litert``)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    record = dict(net.checkpoint_meta.extra.get("qat") or {})
+    backend = record.get("backend", "onnxruntime")
+    wanted = "litert" if fmt == "tflite" else "onnxruntime or openvino"
+    if (fmt == "tflite") != (backend == "litert"):
+        raise UsageError(f"this checkpoint learned {backend}'s int8 recipe; a {fmt} export needs one trained with "
+                         f"--qat-backend {wanted}")
+    q = learned_model(net)
+    path = Path(path)
+    with quiet():
+        # LiteRT's converter matches the unfolded quantize -> dequantize of each weight
+        converted = convert_pt2e(copy.deepcopy(q.graph), fold_quantize=fmt != "tflite")
+    fixed = 2 if batch == "dynamic" else int(batch)
+    example = torch.zeros((fixed, net.config.in_chans, q.resolution, q.resolution))
+    if fmt == "tflite":
+        with quiet():
+            import litert_torch
+            from litert_torch.quantize.quant_config import QuantConfig
+            litert_torch.convert(converted, (example,), quant_config=QuantConfig(
+                pt2e_quantizer=quantizer("litert", is_qat=False))).export(str(path))
+        return path
+    onnx_path = path if fmt == "onnx" else path.with_name(path.stem + ".qdq.onnx")
+    to_onnx(converted, example, onnx_path, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
+    if fmt == "openvino":
+        onnx_to_openvino(onnx_path, path, what="QAT model")
+        onnx_path.unlink(missing_ok=True)
+    return path
+
+
+def learned_model(net) -> QATNet:
+    """The fake-quantized network of a QAT checkpoint (what its int8 export computes), in eval mode."""
+    return QATNet.from_checkpoint(net, net.qat_state, dict(net.checkpoint_meta.extra.get("qat") or {}))

@@ -108,6 +108,7 @@ class MobileNet(nn.Module):
     """
 
     checkpoint_meta: CheckpointMeta | None = None
+    qat_state: dict | None = None  # a QAT checkpoint's learned quantization parameters (train.qat)
 
     def __init__(self, config: ModelConfig):
         super().__init__()

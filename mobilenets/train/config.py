@@ -23,7 +23,7 @@ from .optim import OPTIMIZERS
 from .recipes import RECIPES, get_recipe
 from .schedule import SCHEDULES
 
-GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "system", "evaluation")
+GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "quantization", "system", "evaluation")
 TTA_MODES = ("none", "mirror", "mirror-shift")
 NORMALIZATIONS = ("data", "cifar10", "cifar100", "imagenet")
 
@@ -131,6 +131,12 @@ class TrainConfig:
                               "augmentation", min=8, off=0)
     resize_until: float = option(0.5, "progressive resizing: full size from this fraction of the epochs on",
                                  "augmentation", min=0, min_open=True, max=1)
+    # quantization
+    qat: bool = option(False, "quantization-aware training: fake int8 as --qat-backend's recipe places it, from "
+                              "scratch or from --weights; `export --int8` of its checkpoint needs no calibration",
+                       "quantization", flags=("--qat",))
+    qat_backend: str = option("onnxruntime", "the int8 recipe QAT simulates: onnxruntime (also OpenVINO) or litert",
+                              "quantization", choices=("onnxruntime", "openvino", "litert"))
     # system
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps", "system")
     threads: int | None = option(None, "torch threads per process (default: torch's)", "system", min=1)

@@ -10,6 +10,7 @@ between epochs, never the configuration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 from ..core.preprocessing import STATS, Preprocessing
 from ..data.datasets import DataSplits, LazyImageFolder, load_data
 from ..models.meta import CheckpointMeta
+from ..models.network import unwrap
 from ..weights.io import save_checkpoint
 from . import distributed as D
 from .batches import seeded, steps_per_epoch, train_batches
@@ -29,6 +31,7 @@ from .config import TrainConfig, resolve_config, validate
 from .evaluation import evaluate, validates
 from .model import build_model, check_weights
 from .optim import EMA
+from .qat import OBSERVE_FRACTION
 from .report import Reporter
 from .rundir import (
     RunResult,
@@ -109,6 +112,8 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
         budget = plan(run, saved)
         while run.epoch < run.epochs:  # not a range: a time budget may re-plan the epochs between them
             run.epoch += 1
+            if cfg.qat:  # the observers follow the activations, then freeze for the last epochs
+                unwrap(run.model).observe(run.epoch <= math.ceil(OBSERVE_FRACTION * run.epochs))
             took, row = train_one_epoch(run)
             if budget is not None:
                 replan(run, budget, took)
@@ -296,6 +301,8 @@ def save_epoch(run: Run, row: dict) -> None:
     extra = {"epoch": run.epoch, "val_top1": None if row["val_top1"] is None else round(row["val_top1"], 3),
              "tta": cfg.tta, "recipe": cfg.recipe, "data": cfg.data, "val_size": s.info.get("val_size"),
              "split_seed": s.info.get("split_seed")}
+    if cfg.qat:
+        extra["qat"] = unwrap(run.model).record()
     model.checkpoint_meta = run.model.checkpoint_meta
     names = ["last.safetensors"] + (["best.safetensors"] if run.best_epoch == run.epoch else [])
     for name in names:

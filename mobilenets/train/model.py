@@ -10,6 +10,7 @@ from ..models.network import MobileNet
 from ..weights import create_model, resolve_model
 from ..weights.resolve import CHECKPOINT_SUFFIXES
 from .config import TrainConfig
+from .qat import QATNet
 from .report import Reporter
 
 
@@ -33,16 +34,28 @@ def check_weights(cfg: TrainConfig) -> None:
         raise UsageError(f"no such checkpoint: {cfg.weights}")
 
 
-def build_model(cfg: TrainConfig, num_classes: int, resolution: int, reporter: Reporter) -> MobileNet:
+def build_model(cfg: TrainConfig, num_classes: int, resolution: int, reporter: Reporter) -> MobileNet | QATNet:
     """``cfg.model`` for ``num_classes`` classes at ``resolution``, in training mode: from scratch,
     or from ``cfg.weights`` (a checkpoint or a weight source, as ``weights.resolve_model`` reads
-    them) with a fresh classifier when the classes differ."""
+    them) with a fresh classifier when the classes differ; with ``cfg.qat``, prepared for
+    quantization-aware training (``train.qat.QATNet``)."""
+    model = _float_model(cfg, num_classes, resolution, reporter)
+    if not cfg.qat:
+        return model
+    reporter.log(f"quantization-aware training: fake int8 placed as the {cfg.qat_backend} recipe places it")
+    net = QATNet(model, cfg.qat_backend, resolution=resolution)
+    net.train()
+    return net
+
+
+def _float_model(cfg: TrainConfig, num_classes: int, resolution: int, reporter: Reporter) -> MobileNet:
     options = dict(width=cfg.width, resolution=resolution, cifar_stem=cfg.cifar_stem, dropout=cfg.dropout)
     if not cfg.weights:
         model = create_model(cfg.model, num_classes=num_classes, **options)
         if cfg.zero_init_residual:
             reporter.log(f"zero-initialised the last BN of {zero_init_residual(model)} residual branches")
-        return model.train()
+        model.train()  # not its return value: litert_torch's import patches Module.train
+        return model
     model = resolve_model(cfg.model, cfg.weights, **options).model
     reporter.log(f"loaded {cfg.weights} ({model.config.family}, width {model.config.width:g})")
     if model.config.num_classes != num_classes:
@@ -50,4 +63,5 @@ def build_model(cfg: TrainConfig, num_classes: int, resolution: int, reporter: R
                      f"{model.config.num_classes}); all other layers loaded")
         model.reset_classifier(num_classes)
     model.config = model.config.replace(resolution=resolution)
-    return model.train()
+    model.train()
+    return model

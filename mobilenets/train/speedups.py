@@ -21,7 +21,7 @@ from torch import nn
 from ..core.errors import UsageError
 from ..core.hardware import bf16_supported, cxx_compiler
 from . import distributed as D
-from . import fastdw, mixed
+from . import fastdw, mixed, qat
 from .allocator import keep_freed_memory
 from .config import TrainConfig
 from .report import Reporter
@@ -45,6 +45,7 @@ class Speedups:
 
 def check_speedups(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, before any data is read, the speed-ups this machine cannot run."""
+    qat.check(cfg)
     if cfg.compile and device.type == "cpu" and not cxx_compiler():
         raise UsageError("--compile on a CPU needs a C++ compiler (Inductor builds its kernels with one): "
                          "install g++ or set CXX, or pass --no-compile")
@@ -55,7 +56,7 @@ def apply_speedups(model: nn.Module, cfg: TrainConfig, ctx: D.Context, reporter:
     cpu = ctx.device.type == "cpu"
     kept = cfg.keep_memory and cpu and keep_freed_memory()
     model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    bf16 = bf16_supported(ctx.device) if cfg.bf16 == "auto" else bool(cfg.bf16)
+    bf16 = bf16_supported(ctx.device) and not cfg.qat if cfg.bf16 == "auto" else bool(cfg.bf16)
     fast_dw = fastdw.enable(model) if cfg.fast_depthwise and cpu and not bf16 else 0
     bf16_pw = 0  # with whole-model autocast the 1x1 convolutions are bf16 already
     if cfg.bf16_pointwise and not bf16:

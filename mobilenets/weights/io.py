@@ -29,6 +29,9 @@ SAFETENSORS = (".safetensors",)
 PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
+QAT_PREFIX = "qat."  # keys of a QAT checkpoint's quantization state (train.qat.PREFIX)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing: Preprocessing | None = None,
                     class_names: list[str] | None = None, variant: str | None = None,
                     extra: dict | None = None) -> Path:
@@ -52,8 +55,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, preprocessing:
     meta = CheckpointMeta(variant or old.variant or config.family, config, preprocessing,
                           None if class_names is None else [str(c) for c in class_names],
                           {**old.extra, **(extra or {})})
+    state = model.checkpoint_tensors() if hasattr(model, "checkpoint_tensors") else model.state_dict()
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-               for k, v in model.state_dict().items()}  # clone: no shared or partial storages
+               for k, v in state.items()}  # clone: no shared or partial storages
     data = save(tensors, metadata=meta.to_metadata())
     return atomic_write(Path(path), data)
 
@@ -147,8 +151,12 @@ def from_weights(tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, 
                          f"convert it: `mobilenets convert {what} --from FORMAT --model NAME -o OUT.safetensors`")
     meta.config = config
     model = MobileNet(config)
-    load_strict(model, tensors, what=what, name=meta.variant)
+    # a quantization-aware run's checkpoint: float weights, plus its learned quantization state
+    qat_state = {k: v for k, v in tensors.items() if k.startswith(QAT_PREFIX)} if meta.extra.get("qat") else {}
+    load_strict(model, {k: v for k, v in tensors.items() if k not in qat_state}, what=what, name=meta.variant)
     model.checkpoint_meta = meta
+    if qat_state:
+        model.qat_state = qat_state
     return model.eval()
 
 
