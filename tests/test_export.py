@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.metadata
 import json
 import os
 import stat
@@ -24,10 +24,35 @@ from mobilenets.deploy.runtimes import available_backends, open_session
 
 export_mod = importlib.import_module("mobilenets.deploy.export")  # the package re-exports the function
 INSTALLED = available_backends()
-needs = {fmt: pytest.mark.skipif(INSTALLED[b] is None, reason=f"{b} not installed")
-         for fmt, b in (("onnx", "onnxruntime"), ("openvino", "openvino"), ("tflite", "litert"))}
-if importlib.util.find_spec("litert_torch") is None:  # not imported here: it brings JAX's threads along
-    needs["tflite"] = pytest.mark.skip(reason="litert-torch not installed")
+# Each runtime's tests skip only when its package is not installed at all; one that is installed but
+# fails to import runs its tests, which then fail (test_installed_runtimes_import says why).
+DISTRIBUTIONS = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "nncf"),
+                 "tflite": ("ai-edge-litert", "litert-torch")}
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+needs = {fmt: pytest.mark.skipif(not all(map(_installed, dists)), reason=f"{' / '.join(dists)} not installed")
+         for fmt, dists in DISTRIBUTIONS.items()}
+
+
+@pytest.mark.parametrize("fmt", sorted(DISTRIBUTIONS))
+def test_installed_runtimes_import(fmt):
+    """A runtime whose package is installed must import: a broken install fails here, not as skips."""
+    dists = [d for d in DISTRIBUTIONS[fmt] if _installed(d)]
+    if not dists:
+        pytest.skip(f"{fmt}: not installed")
+    for dist in dists:
+        module = {"ai-edge-litert": "ai_edge_litert", "litert-torch": "litert_torch"}.get(dist, dist)
+        importlib.import_module(module)
+    backend = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
+    assert INSTALLED[backend] is not None, f"{backend} is installed but mobilenets cannot load it"
 
 
 def trained_like(name="mobilenet_v3_small", width=0.5, res=64, **kw):

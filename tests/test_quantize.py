@@ -41,6 +41,20 @@ def image_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def val_dir(tmp_path_factory):
+    """Held-out images of the same classes (other seeds): what accuracy figures are measured on."""
+    root = tmp_path_factory.mktemp("val")
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(6):
+            small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+            small[..., c] = 255
+            Image.fromarray(small).resize((48, 48), Image.BILINEAR).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
 def model():
     return trained_like()
 
@@ -67,12 +81,12 @@ def test_calibration_plain_images_and_arrays(image_dir, tmp_path):
 
 
 @needs["onnx"]
-def test_onnx_int8_qdq_per_channel_with_report(model, image_dir, tmp_path):
+def test_onnx_int8_qdq_per_channel_with_report(model, image_dir, val_dir, tmp_path):
     import onnx
-    r = export(model, "onnx", tmp_path, int8=True, calib=image_dir, report=True)
+    r = export(model, "onnx", tmp_path, int8=True, calib=image_dir, report=True, val=val_dir)
     assert r.path.name == "mobilenet_v3_small-w0.5-r64-onnx-int8.onnx" and r.precision == "int8"
     v = r.verification
-    assert v["images"] == 24 and v["top1_agreement"] >= 0.5 and {"top1_torch", "top1_export"} <= set(v)
+    assert v["images"] == 18 and v["top1_agreement"] >= 0.5 and {"top1_torch", "top1_export"} <= set(v)
     proto = onnx.load(str(r.path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["QuantizeLinear"] and ops["DequantizeLinear"]
@@ -83,6 +97,8 @@ def test_onnx_int8_qdq_per_channel_with_report(model, image_dir, tmp_path):
     rep = r.report
     assert rep["size_bytes"]["int8"] < rep["size_bytes"]["fp32"] / 2
     assert set(rep["top1"]) == {"fp32", "int8"} and rep["latency_ms"]["int8"]["median_ms"] > 0
+    assert rep["images"] == 18 and rep["validation"]["images"] == 18 and rep["calibration"]["images"] == 24
+    assert rep["validation"]["source"] == str(val_dir) and rep["calibration"]["source"] == str(image_dir)
     side = json.loads(r.sidecar.read_text())
     assert side["precision"] == "int8" and side["quantization_report"]["speedup"] > 0
     assert open_session(r.path).precision == "int8"
@@ -115,13 +131,20 @@ def test_int8_below_the_agreement_floor_is_discarded(model, image_dir, tmp_path,
 
 
 @needs["onnx"]
-def test_cli_int8_report(model, image_dir, tmp_path):
+def test_cli_int8_report(model, image_dir, val_dir, tmp_path):
     from mobilenets.weights.io import save_checkpoint
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model)
-    res = CliRunner().invoke(app, ["export", str(ckpt), "--int8", "--calib", str(image_dir), "--report",
-                                   "-o", str(tmp_path / "out")])
+    args = ["export", str(ckpt), "--int8", "--calib", str(image_dir), "--report", "-o", str(tmp_path / "out")]
+    res = CliRunner().invoke(app, [*args, "--val", str(val_dir)])
     assert res.exit_code == 0, res.output
     assert "top-1 agreement" in res.output and "latency fp32 / int8" in res.output
+    assert "measured on" in res.output and "18 images" in res.output
+    # without held-out images there is no accuracy figure to give: a one-line error, nothing written
+    bad = CliRunner().invoke(app, [*args[:-2], "-o", str(tmp_path / "out2")])
+    assert bad.exit_code == 2 and "held-out" in bad.output and not (tmp_path / "out2").exists()
+    # validation images that are calibration images are refused
+    same = CliRunner().invoke(app, [*args[:-2], "-o", str(tmp_path / "out3"), "--val", str(image_dir)])
+    assert same.exit_code == 2 and "share" in same.output
 
 
 def test_cli_verification_failure_exits_1(model, tmp_path, monkeypatch):

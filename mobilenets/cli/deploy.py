@@ -99,6 +99,15 @@ def export_cmd(
     qat_lr: Annotated[float | None, typer.Option(help="QAT learning rate (SGD, cosine; default 1e-3)")] = None,
     qat_images: Annotated[int | None, typer.Option(help="QAT: at most this many training images per epoch "
                                                    "(default 10000)")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="int8 with accuracy control: keep the fewest layers in "
+                                                   "float so top-1 on the held-out images drops by at most this "
+                                                   "many points")] = None,
+    int8_format: Annotated[str, typer.Option(help="ONNX Runtime int8 form: qdq or qoperator")] = "qdq",
+    val: Annotated[str | None, typer.Option(help="held-out images for every accuracy figure (--report, --max-drop): "
+                                            "a dataset spec or class folders [default: the held-out split of a "
+                                            "--calib spec]", show_default=False)] = None,
+    val_images: Annotated[int | None, typer.Option(help="at most this many held-out images [default: all]",
+                                                   show_default=False)] = None,
     as_json: options.Json = False,
 ) -> None:
     """Export to ONNX, OpenVINO IR or TFLite, verified in its runtime against PyTorch (-o: a file or a folder)."""
@@ -108,7 +117,8 @@ def export_cmd(
         result = export(model, format, output, weights=weights, int8=int8, calib=calib, resolution=resolution,
                         batch=batch, precision=precision, nhwc=nhwc, verify=not no_verify, calib_size=calib_size,
                         min_agreement=min_agreement, report=report, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                        qat_max_images=-1 if qat_images is None else qat_images, steps=progress)
+                        qat_max_images=-1 if qat_images is None else qat_images, max_drop=max_drop,
+                        int8_format=int8_format, val=val, val_images=val_images, steps=progress)
     except VerificationError as exc:
         progress.close()
         fail(f"verification failed: {exc}", code=1)
@@ -141,12 +151,24 @@ def result_table(result) -> Table:
         last = q["history"][-1] if q.get("history") else {}
         table.add_row("QAT", f"{q['epochs']} epoch(s), {q['steps']} steps on {q['data'].get('images')} images, "
                       f"lr {q['lr']:g}" + (f", last train loss {last['train_loss']:.3f}" if last else ""))
+    c = result.control
+    if c:
+        table.add_row("accuracy control", f"{c['method']}: top-1 drop <= {c['max_drop']:g} points on "
+                      f"{c['val_images']} held-out images (fp32 {c['fp32_top1']:.2f}%)")
+        for i, t in enumerate(c["trials"]):
+            mark = " <- chosen" if i == c.get("chosen") else ""
+            table.add_row(f"  {t['n_float']} layer(s) in float", f"top-1 {t['top1']:.2f}% (drop {t['drop']:+.2f}), "
+                          f"{t['size_bytes'] / 2**20:.2f} MiB, {t['latency_ms']:.2f} ms{mark}")
     r = result.report
     if r:
         sizes = r["size_bytes"]
         table.add_row("size fp32 / int8", f"{sizes['fp32'] / 2**20:.2f} / {sizes['int8'] / 2**20:.2f} MiB")
         if "top1" in r:
-            table.add_row("top-1 fp32 / int8", f"{r['top1']['fp32']:.1%} / {r['top1']['int8']:.1%}")
+            table.add_row("top-1 fp32 / int8", f"{r['top1']['fp32']:.2%} / {r['top1']['int8']:.2%}")
+        if "validation" in r:
+            cal, val = r["calibration"], r["validation"]
+            table.add_row("measured on", f"{val['images']} images of {val['source']} ({val['part']}); calibrated "
+                          f"on {cal['images']} of {cal['source']} ({cal['part']})")
         lat = r["latency_ms"]
         table.add_row("latency fp32 / int8", f"{lat['fp32']['median_ms']:.2f} / {lat['int8']['median_ms']:.2f} ms "
                       f"({r['speedup']:.2f}x, {r['threads']} thread, batch 1)")

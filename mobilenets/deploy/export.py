@@ -25,8 +25,17 @@ from ..core.files import check_parent, publish, staging_dir
 from ..models.network import MobileNet
 from ..train.report import Reporter
 from ..weights.resolve import resolve_model
-from . import qat
-from .calibration import DEFAULT_CALIB_SIZE, ImageSet, load_images, random_inputs
+from . import accuracy, qat
+from .calibration import (
+    DEFAULT_CALIB_SIZE,
+    ImageSet,
+    check_disjoint,
+    is_spec,
+    load_held_out,
+    load_images,
+    random_inputs,
+    split_of,
+)
 from .common import (
     DEFAULT_OPSET,
     FORMATS,
@@ -47,8 +56,11 @@ from .graph import deploy_module
 from .quantize import compare, quantize_file
 from .runtimes import open_session, require
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "FP32_TOLERANCE", "RUNTIME", "SIDECAR_FORMAT", "SUFFIX", "ExportError",
-           "ExportResult", "VerificationError", "default_name", "export", "qat_finetune", "verify_export"]
+INT8_FORMATS = ("qdq", "qoperator")
+
+__all__ = ["DEFAULT_OPSET", "FORMATS", "FP32_TOLERANCE", "INT8_FORMATS", "RUNTIME", "SIDECAR_FORMAT", "SUFFIX",
+           "ExportError", "ExportResult", "VerificationError", "default_name", "export", "qat_finetune",
+           "verify_export"]
 
 FP32_TOLERANCE = 1e-4
 
@@ -64,6 +76,7 @@ class ExportResult:
     verification: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     qat: dict = field(default_factory=dict)
+    control: dict = field(default_factory=dict)
 
     @property
     def size_bytes(self) -> int:
@@ -88,20 +101,28 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
            calib_size: int | None = DEFAULT_CALIB_SIZE, min_agreement: float = 0.5, report: bool = False,
            verbose: bool = False, qat_epochs: int = 0, qat_lr: float | None = None,
            qat_batch_size: int | None = None, qat_max_images: int | None = -1, qat_data=None,
+           val=None, val_images: int | None = None, max_drop: float | None = None, int8_format: str = "qdq",
            steps: Steps | None = None) -> ExportResult:
     """Export ``model`` as ``fmt``: whatever ``weights.resolve_model`` accepts (a MobileNet, a model
     name with optional ``weights`` (default: its published weights; "random": none), a checkpoint,
     a training run directory).
 
     ``int8``: post-training static quantization with ``calib`` (a directory of images, a dataset
-    spec, an N x C x H x W array), at most ``calib_size`` images. ``precision``: "fp32" (default),
+    spec, an N x C x H x W array), at most ``calib_size`` images; of a dataset spec, only its
+    training split (split as the model's training run recorded, ``calibration.split_of``).
+    ``int8_format``: ONNX Runtime's "qdq" (default) or "qoperator" (QLinearConv...) form.
+    ``max_drop``: accuracy-controlled int8 (``deploy.accuracy``): the fewest layers kept in float
+    so that top-1 on the held-out images falls by at most this many points. ``val``: the held-out
+    images of every accuracy figure (``report``, ``max_drop``; default: the held-out split of a
+    ``calib`` spec), at most ``val_images``; it may share no image with the calibration set.
+    ``precision``: "fp32" (default),
     "bf16" (OpenVINO: the IR runs with a bf16 inference hint) or "int8" (same as ``int8=True``).
     ``batch``: an int or "dynamic". ``output``: a file, a directory (named by ``default_name``) or
     None (the current directory).
     ``verify``: load the file in its runtime and compare with PyTorch (fp32: max |diff| <= 1e-4 on
     the logits; int8/bf16: top-1 agreement >= ``min_agreement``, in [0, 1]); a failure raises
     ``VerificationError`` and nothing is written. ``report``: for int8, also measure fp32 vs int8
-    size, accuracy (labelled calibration data) and latency on the same runtime.
+    size, accuracy (on the held-out images) and latency on the same runtime.
     ``qat_epochs``: 0 (default) is post-training quantization; N > 0 (int8, ONNX or OpenVINO) is
     quantization-aware fine-tuning for N epochs (``mobilenets.deploy.qat``), calibrated on
     ``calib``, trained on ``qat_data`` (labelled: a dataset spec, class folders, a labelled
@@ -113,7 +134,8 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     """
     precision = _check_request(fmt, int8=int8, precision=precision, calib=calib, batch=batch, opset=opset,
                                calib_size=calib_size, min_agreement=min_agreement, qat_epochs=qat_epochs,
-                               qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_max_images=qat_max_images)
+                               qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_max_images=qat_max_images,
+                               max_drop=max_drop, int8_format=int8_format, val_images=val_images)
     _check_output(output, fmt)
     backend = RUNTIME[fmt]
     _require(fmt, backend, precision, qat_epochs)
@@ -124,6 +146,12 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         raise UsageError(f"{resolved.path.name} is an exported file already: export a model name, a checkpoint "
                          f"or a training run directory")
     net = resolved.model
+    learned = precision == "int8" and net.qat_state is not None  # a QAT checkpoint: int8 with its learned ranges
+    if precision == "int8" and calib is None and not learned:
+        raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
+    if learned and (qat_epochs or max_drop is not None or nhwc):
+        raise UsageError(f"{resolved.path.name} is a quantization-aware checkpoint: its int8 export is its trained "
+                         f"graph with the ranges it learned (NCHW; no --qat-epochs, --max-drop or --nhwc)")
     res = int(resolution or net.config.resolution)
     if res < net.config.output_stride:
         raise UsageError(f"resolution {res} is too small for {net.config.family} (at least {net.config.output_stride})")
@@ -131,7 +159,11 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     out = _output_path(output, net, fmt, precision, res)
     chans = net.config.in_chans
 
-    calib_set = _calibration(calib, pre, calib_size, (chans, res, res), steps)
+    split = split_of(calib, resolved.meta)
+    calib_set = _calibration(calib, pre, calib_size, (chans, res, res), steps, split)
+    needs_val = precision == "int8" and (report or max_drop is not None)
+    val_set = _validation(val, calib, pre, resolved.meta, split, val_images, (chans, res, res), steps, needs_val)
+    check_disjoint(calib_set, val_set)
     train_data = None
     if qat_epochs:
         with steps("read QAT training data"):
@@ -145,22 +177,37 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         example = torch.zeros((fixed, res, res, chans) if nhwc else (fixed, chans, res, res))
         fp32_file = work / f"fp32{SUFFIX[fmt]}"
         # TFLite int8 and QAT convert from the torch module; their fp32 file is only needed for the report.
-        if not ((fmt == "tflite" or qat_epochs) and precision == "int8" and not report):
+        if not ((fmt == "tflite" or qat_epochs or learned) and precision == "int8" and not report
+                and max_drop is None):
             CONVERTERS[fmt](deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose,
                             steps=steps)
-        final, qat_info = fp32_file, {}
-        if precision == "int8" and qat_epochs:
+        final, qat_info, control = fp32_file, {}, {}
+        if learned:
+            final = work / f"int8{SUFFIX[fmt]}"
+            with steps("convert the learned quantization to int8"):
+                qat.save_learned_int8(net, fmt, final, batch=batch, opset=opset, verbose=verbose)
+            qat_info = {"learned": net.checkpoint_meta.extra["qat"]}
+        elif precision == "int8" and qat_epochs:
             final = work / f"int8{SUFFIX[fmt]}"
             qat_info = _qat_int8(net, train_data, calib_set, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
                                  batch_size=qat_batch_size, resolution=res, nhwc=nhwc, pre=pre, batch=batch,
                                  opset=opset, verbose=verbose)
+        elif precision == "int8" and max_drop is not None:
+            final = work / f"int8{SUFFIX[fmt]}"
+            control = accuracy.quantize_with_control(fmt, fp32_file, final, calib_set.images, val_set, max_drop,
+                                                     nhwc=nhwc, module=deploy, example=example,
+                                                     int8_format=int8_format, steps=steps)
+            control["calibration"], control["validation"] = calib_set.describe(), val_set.describe()
         elif precision == "int8":
             final = work / f"int8{SUFFIX[fmt]}"
             with steps("calibrate and quantize"):
-                quantize_file(fmt, fp32_file, final, calib_set.images, nhwc=nhwc, module=deploy, example=example)
+                quantize_file(fmt, fp32_file, final, calib_set.images, nhwc=nhwc, module=deploy, example=example,
+                              int8_format=int8_format)
 
         meta = export_meta(net, meta=resolved.meta, fmt=fmt, precision=precision, resolution=res, batch=batch,
                            nhwc=nhwc, preprocessing=pre)
+        if precision == "int8" and fmt == "onnx":
+            meta["int8_format"] = "qdq" if qat_epochs else int8_format
         # The sidecars go next to the work files too: sessions read the layout and precision from them.
         if fp32_file.exists():
             write_sidecar(fp32_file, {**meta, "precision": "fp32"})
@@ -168,19 +215,25 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         verification: dict = {}
         if verify:
             with steps("verify"):
-                verification = verify_export(net, final, backend, precision, calib_set, res, min_agreement)
+                checked = calib_set if val_set is None else val_set
+                reference = qat.learned_model(net) if learned else net  # QAT: the fake-quantized network
+                verification = verify_export(reference, final, backend, precision, checked, res, min_agreement)
         quant_report: dict = {}
         if report and precision == "int8":
-            with steps("compare fp32 and int8"):
-                quant_report = compare(fp32_file, final, backend, calib_set)
+            with steps("compare fp32 and int8 on held-out images"):
+                quant_report = compare(fp32_file, final, backend, val_set)
+            quant_report["calibration"], quant_report["validation"] = calib_set.describe(), val_set.describe()
         meta["verification"] = verification
         if quant_report:
             meta["quantization_report"] = quant_report
         if qat_info:
             meta["qat"] = qat_info
+        if control:
+            meta["accuracy_control"] = control
         with steps("install"):
             files = _install(final, out, fmt, meta)
-    return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info)
+    return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info,
+                        control)
 
 
 def _require(fmt: str, backend: str, precision: str, qat_epochs: int) -> None:
@@ -196,15 +249,34 @@ def _require(fmt: str, backend: str, precision: str, qat_epochs: int) -> None:
         require_torchao()
 
 
-def _calibration(calib, pre, calib_size: int | None, shape: tuple[int, int, int], steps: Steps) -> ImageSet | None:
+def _calibration(calib, pre, calib_size: int | None, shape: tuple[int, int, int], steps: Steps,
+                 split: dict) -> ImageSet | None:
     """The calibration images (``None`` without ``calib``), checked against the model's input shape."""
     if calib is None:
         return None
     with steps("read calibration data"):
-        calib_set = load_images(calib, pre, limit=calib_size)
+        calib_set = load_images(calib, pre, limit=calib_size, split=split)
     if calib_set.images.shape[1:] != shape:
         raise UsageError(f"calibration images are {tuple(calib_set.images.shape[1:])}, the model takes {shape}")
     return calib_set
+
+
+def _validation(val, calib, pre, meta, split: dict, limit: int | None, shape: tuple[int, int, int], steps: Steps,
+                needed: bool) -> ImageSet | None:
+    """The held-out images of the accuracy figures: ``val``, else the held-out split of a ``calib``
+    spec (``None`` when no figure needs them)."""
+    if val is None and not needed:
+        return None
+    if val is None and not is_spec(calib):
+        raise UsageError("int8 accuracy is measured on held-out images: pass --val DATA (a dataset spec or class "
+                         "folders the calibration images are not drawn from), or calibrate from a dataset spec, "
+                         "whose held-out split is then used")
+    with steps("read held-out images"):
+        val_set = load_held_out(calib if val is None else val, pre, limit=limit,
+                                split=split if val is None else split_of(val, meta))
+    if val_set.images.shape[1:] != shape:
+        raise UsageError(f"validation images are {tuple(val_set.images.shape[1:])}, the model takes {shape}")
+    return val_set
 
 
 def _qat_int8(net, train_data, calib_set: ImageSet, final: Path, fmt: str, steps: Steps, *, epochs: int,
@@ -247,7 +319,8 @@ class _StepsReporter(Reporter):
 
 
 def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch, opset, calib_size,
-                   min_agreement, qat_epochs, qat_lr, qat_batch_size, qat_max_images) -> str:
+                   min_agreement, qat_epochs, qat_lr, qat_batch_size, qat_max_images, max_drop, int8_format,
+                   val_images) -> str:
     """Every check that needs no model and no data; returns the precision."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -269,8 +342,18 @@ def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch,
         raise UsageError(f"qat_epochs must be an integer >= 0 (0: post-training quantization), got {qat_epochs!r}")
     if fmt == "onnx" or qat_epochs:
         check_opset(opset)
-    if precision == "int8" and calib is None:
-        raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
+    if int8_format not in INT8_FORMATS:
+        raise UsageError(f"int8 format must be one of {', '.join(INT8_FORMATS)}, got {int8_format!r}")
+    if int8_format != "qdq" and (fmt != "onnx" or precision != "int8" or qat_epochs):
+        raise UsageError("--int8-format qoperator is a post-training ONNX Runtime form: use it with --format onnx "
+                         "--int8 and no QAT")
+    if max_drop is not None:
+        if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop < 100:
+            raise UsageError(f"--max-drop is a top-1 drop in points, in [0, 100); got {max_drop!r}")
+        if precision != "int8" or qat_epochs:
+            raise UsageError("--max-drop controls post-training int8: add --int8 (and no --qat-epochs)")
+    if val_images is not None and (not _is_int(val_images) or val_images < 1):
+        raise UsageError(f"--val-images must be at least 1, got {val_images!r}")
     if qat_epochs:
         if precision != "int8":
             raise UsageError("quantization-aware fine-tuning produces an int8 model: add --int8")

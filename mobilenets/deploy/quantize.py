@@ -21,6 +21,8 @@ from ..core.errors import UsageError
 from .common import quiet
 from .runtimes import interleaved_latency, open_session
 
+ONNX_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}  # ours -> onnxruntime's QuantFormat
+
 
 class _Reader:
     """onnxruntime CalibrationDataReader over an N x C x H x W array, in chunks of ``batch``."""
@@ -46,10 +48,11 @@ def _layout(images: np.ndarray, nhwc: bool) -> np.ndarray:
 
 
 def quantize_file(fmt: str, src: Path, dst: Path, calib: np.ndarray, *, nhwc: bool = False,
-                  module=None, example=None) -> Path:
-    """Quantize the fp32 export ``src`` into ``dst`` with calibration images ``calib`` (NCHW)."""
+                  module=None, example=None, int8_format: str = "qdq") -> Path:
+    """Quantize the fp32 export ``src`` into ``dst`` with calibration images ``calib`` (NCHW);
+    ``int8_format``: ONNX Runtime's "qdq" or "qoperator" form."""
     if fmt == "onnx":
-        return quantize_onnx(src, dst, _layout(calib, nhwc))
+        return quantize_onnx(src, dst, _layout(calib, nhwc), int8_format=int8_format)
     if fmt == "openvino":
         return quantize_openvino(src, dst, _layout(calib, nhwc))
     if fmt == "tflite":
@@ -61,7 +64,7 @@ def quantize_file(fmt: str, src: Path, dst: Path, calib: np.ndarray, *, nhwc: bo
 # ONNX Runtime
 
 
-def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndarray, *,
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndarray, *, int8_format: str = "qdq",
                   per_channel: bool = True, nodes_to_exclude: list[str] | None = None) -> Path:
     """Static QDQ quantization with ONNX Runtime's tools: per-channel symmetric int8 weights,
     asymmetric uint8 activations (U8S8, the pair ORT's x86 VNNI kernels run fastest), MinMax.
@@ -75,6 +78,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndar
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if int8_format not in ONNX_FORMATS:
+        raise UsageError(f"ONNX int8 format must be one of {', '.join(ONNX_FORMATS)}, got {int8_format!r}")
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
     inp = model.graph.input[0]
@@ -84,7 +89,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndar
         raise UsageError(f"{len(calib)} calibration images for a model with a fixed batch of {batch}")
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
     with quiet():
-        quantize_static(str(src), str(dst), _Reader(inp.name, calib, batch), quant_format=QuantFormat.QDQ,
+        quantize_static(str(src), str(dst), _Reader(inp.name, calib, batch),
+                        quant_format=getattr(QuantFormat, ONNX_FORMATS[int8_format]),
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes_to_exclude or [],
                         extra_options=extra)
@@ -117,8 +123,10 @@ def quantize_openvino(src: str | os.PathLike, dst: str | os.PathLike, calib: np.
 # TFLite
 
 
-def quantize_tflite(module, example, dst: str | os.PathLike, calib: np.ndarray) -> Path:
-    """Full-integer-weights static quantization with PT2E and LiteRT's quantizer (float I/O)."""
+def quantize_tflite(module, example, dst: str | os.PathLike, calib: np.ndarray, *,
+                    exclude: list[str] | tuple[str, ...] = ()) -> Path:
+    """Full-integer-weights static quantization with PT2E and LiteRT's quantizer (float I/O);
+    the layers of ``module`` named in ``exclude`` stay in float."""
     with quiet():
         import litert_torch
         from litert_torch.quantize import pt2e_quantizer
@@ -129,7 +137,7 @@ def quantize_tflite(module, example, dst: str | os.PathLike, calib: np.ndarray) 
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     with quiet():
         m = torch.export.export(module, (example,)).module()
-        m = quantize_pt2e.prepare_pt2e(m, quantizer)
+        m = quantize_pt2e.prepare_pt2e(m, _excluding(quantizer, set(exclude)) if exclude else quantizer)
         b = example.shape[0]
         with torch.no_grad():
             for i in range(0, len(calib) - b + 1, b):
@@ -138,6 +146,52 @@ def quantize_tflite(module, example, dst: str | os.PathLike, calib: np.ndarray) 
         edge = litert_torch.convert(m, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(dst))
     return Path(dst)
+
+
+def _excluding(quantizer, names: set[str]):
+    """``quantizer`` with no annotation on the nodes of the modules ``names``: they run in float."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class Excluding(Quantizer):
+        def transform_for_annotation(self, model):
+            return quantizer.transform_for_annotation(model)
+
+        def annotate(self, model):
+            quantizer.annotate(model)
+            blocks = {n.rsplit(".", 1)[0] for n in names}  # a conv's block: the conv and its activation
+            stripped = {node for node in model.graph.nodes
+                        if _module_of(node) in names or _module_of(node).rsplit(".", 1)[0] in blocks}
+            while True:  # and every annotation that shares a quantizer with a stripped node
+                shared = {node for node in model.graph.nodes if node not in stripped
+                          and _shares_with(node.meta.get("quantization_annotation"), stripped)}
+                if not shared:
+                    break
+                stripped |= shared
+            for node in stripped:
+                node.meta.pop("quantization_annotation", None)
+            return model
+
+        def validate(self, model):
+            quantizer.validate(model)
+
+    return Excluding()
+
+
+def _module_of(node) -> str:
+    """The innermost module a traced node belongs to ("" when none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _shares_with(annotation, nodes: set) -> bool:
+    """Whether a PT2E annotation derives its quantizer from one of ``nodes`` (a shared spec)."""
+    if annotation is None:
+        return False
+    for spec in (*annotation.input_qspec_map.values(), annotation.output_qspec):
+        edge = getattr(spec, "edge_or_node", None)  # a node, or an (input node, user node) edge
+        if edge is not None and any(n in nodes for n in (edge if isinstance(edge, tuple) else (edge,))):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def _float_model(cfg: TrainConfig, num_classes: int, resolution: int, reporter: 
         model = create_model(cfg.model, num_classes=num_classes, **options)
         if cfg.zero_init_residual:
             reporter.log(f"zero-initialised the last BN of {zero_init_residual(model)} residual branches")
-        model.train()  # not its return value: litert_torch's import patches Module.train
+        model.train()
         return model
     model = resolve_model(cfg.model, cfg.weights, **options).model
     reporter.log(f"loaded {cfg.weights} ({model.config.family}, width {model.config.width:g})")

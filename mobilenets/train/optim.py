@@ -55,7 +55,9 @@ class EMA:
         src = unwrap(model)
         torch._foreach_lerp_(list(self.module.parameters()), list(src.parameters()), 1 - d)
         for e, m in zip(self.module.buffers(), src.buffers(), strict=True):
-            if e.is_floating_point():
+            if e.shape != m.shape:  # a QAT observer sized its per-channel ranges on its first batch
+                e.resize_(m.shape).copy_(m)
+            elif e.is_floating_point():
                 e.lerp_(m, 1 - d)
             else:
                 e.copy_(m)

@@ -123,7 +123,7 @@ class QATNet(nn.Module):
         example = torch.zeros(2, net.config.in_chans, res, res)
         dims = ({0: torch.export.Dim("batch", min=1, max=4096)},)
         try:
-            net.train()  # not its return value: litert_torch's import patches Module.train
+            net.train()
             gm = torch.export.export(net, (example,), dynamic_shapes=dims).module()
             self.graph = prepare_qat_pt2e(gm, quantizer(backend))
         except UsageError:

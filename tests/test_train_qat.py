@@ -1,0 +1,98 @@
+"""`train --qat`: quantization-aware training from scratch or from a float checkpoint, per runtime
+recipe; its checkpoint carries the learned quantization, which `export --int8` uses without
+calibrating; resume continues a QAT run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_export import needs
+from typer.testing import CliRunner
+
+from mobilenets.cli import app
+from mobilenets.core.errors import UsageError
+from mobilenets.deploy import qat as deploy_qat
+from mobilenets.deploy.export import export
+from mobilenets.deploy.runtimes import open_session
+from mobilenets.train import fit
+from mobilenets.train.config import resolve_config
+from mobilenets.weights.io import read_weights
+from mobilenets.weights.resolve import resolve_model
+
+SMALL = dict(model="mobilenet_v3_small", width=0.25, cifar_stem=3, data="synthetic:64", batch_size=32, epochs=1,
+             ema_decay=0.0, warmup_epochs=0, threads=1)
+
+
+def _run(tmp_path, name, **kw):
+    return fit(resolve_config(**{**SMALL, "output": str(tmp_path / name), **kw}))
+
+
+@pytest.fixture(scope="module")
+def ort_run(tmp_path_factory):
+    """One epoch of QAT from scratch with ONNX Runtime's recipe, with an EMA of the weights (whose
+    copy of the per-channel observers is sized before they see their first batch)."""
+    return _run(tmp_path_factory.mktemp("qat"), "ort", qat=True, ema_decay=0.9)
+
+
+def _inputs(n=16, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
+
+
+def test_qat_checkpoint_carries_the_learned_quantization(ort_run):
+    tensors, meta = read_weights(ort_run.run_dir / "best.safetensors")
+    extra = json.loads(meta["extra"])
+    assert extra["qat"]["backend"] == "onnxruntime" and extra["qat"]["resolution"] == 32
+    scales = [k for k in tensors if k.startswith("qat.") and k.endswith(".scale")]
+    assert scales and all(float(tensors[k].min()) > 0 for k in scales)  # ranges were learned
+    net = resolve_model(ort_run.run_dir / "best.safetensors").model  # still loads as a float model
+    assert net.qat_state and all(not k.startswith("qat.") for k in net.state_dict())
+
+
+@needs["onnx"]
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs["onnx"]),
+                                 pytest.param("openvino", marks=needs["openvino"])])
+def test_export_int8_of_a_qat_checkpoint_needs_no_calibration(ort_run, tmp_path, fmt, monkeypatch):
+    calls = []
+    monkeypatch.setattr(deploy_qat, "finetune", lambda *a, **k: calls.append("finetune"))
+    r = export(ort_run.run_dir, fmt, tmp_path, int8=True)  # no calib: the learned ranges are used
+    assert r.precision == "int8" and r.qat["learned"]["backend"] == "onnxruntime" and not calls
+    x = _inputs()
+    fake = deploy_qat.learned_model(resolve_model(ort_run.run_dir).model)
+    with torch.no_grad():
+        ref = fake(torch.from_numpy(x)).numpy()
+    got = open_session(r.path).run(x)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9  # the int8 file computes what QAT simulated
+    if fmt == "onnx":
+        import onnx
+        ops = {n.op_type for n in onnx.load(str(r.path)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@needs["tflite"]
+def test_litert_recipe_trains_and_exports_tflite(tmp_path):
+    run = _run(tmp_path, "litert", qat=True, qat_backend="litert")
+    r = export(run.run_dir, "tflite", tmp_path, int8=True)
+    assert open_session(r.path).run(_inputs(2)).shape == (2, 10)
+    with pytest.raises(UsageError, match="--qat-backend onnxruntime"):
+        export(run.run_dir, "onnx", tmp_path, int8=True)
+
+
+def test_qat_from_a_float_checkpoint_and_resume(tmp_path):
+    base = _run(tmp_path, "float")
+    ft = _run(tmp_path, "ft", qat=True, weights=str(base.run_dir / "best.safetensors"), epochs=2, lr=0.01)
+    assert len(ft.history) == 2
+    part = _run(tmp_path, "part", qat=True, epochs=2)  # interrupted after one epoch, then resumed
+    state = torch.load(part.run_dir / "state.pt", weights_only=True)
+    assert any(k.startswith("graph.activation_post_process") for k in state["model"])
+    resumed = fit(resume=part.run_dir)
+    assert resumed.history[-1]["epoch"] == 2
+
+
+def test_cli_qat_options(tmp_path):
+    bad = CliRunner().invoke(app, ["train", "--qat", "--compile", "--data", "synthetic:8", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "torch.compile" in bad.output
+    bad = CliRunner().invoke(app, ["train", "--qat", "--qat-backend", "tensorrt", "-o", str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "qat-backend" in bad.output
+    assert "--qat-backend" in CliRunner().invoke(app, ["train", "--help"]).output
