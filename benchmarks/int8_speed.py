@@ -1,7 +1,7 @@
 """int8 against fp32 on the same runtime, ours against the stock tools on torchvision's exports.
 
-MobileNetV2 1.0 and V3-Large 1.0 at 224, batch 1, 1 thread, on ONNX Runtime (static QDQ,
-per-channel) and OpenVINO (NNCF), plus OpenVINO bf16 where the CPU has it. Ours: ``export(...,
+MobileNetV2 1.0 and V3-Large 1.0 at 224, batch 1, 1 thread, on ONNX Runtime (static QDQ and
+QOperator, per-channel) and OpenVINO (NNCF), plus OpenVINO bf16 where the CPU has it. Ours: ``export(...,
 int8=True)``. Stock: torchvision's model through ``torch.onnx.export`` -> ``quantize_static`` with
 the same settings, and ``openvino.convert_model`` -> ``nncf.quantize`` with NNCF's defaults. All
 variants of one model on one runtime are timed in alternating rounds of ``--per-round`` runs; a
@@ -75,7 +75,9 @@ def main() -> None:
             if installed["onnxruntime"]:
                 files = {"ours fp32": export(ours, "onnx", t / f"{name}-fp32.onnx").path,
                          "ours int8": export(ours, "onnx", t / f"{name}-int8.onnx", int8=True, calib=calib,
-                                             min_agreement=0.0).path}
+                                             min_agreement=0.0).path,
+                         "ours int8 qoperator": export(ours, "onnx", t / f"{name}-int8-qop.onnx", int8=True,
+                                                       calib=calib, int8_format="qoperator", min_agreement=0.0).path}
                 files["stock fp32"] = torchvision_onnx(tv, t / f"{name}-tv.onnx")
                 files["stock int8"] = stock_ort_int8(files["stock fp32"], t / f"{name}-tv-int8.onnx", calib)
                 sessions = {k: open_session(f, "onnxruntime") for k, f in files.items()}
@@ -100,7 +102,9 @@ def main() -> None:
             for backend, r in res.items():
                 ms = {k: v["median_ms"] for k, v in r["latency_ms"].items()}
                 print(f"{name:20s} {backend:12s} " + "  ".join(f"{k} {v:5.2f}" for k, v in ms.items())
-                      + f"  | int8 speedup (paired rounds): ours {r['int8_speedup']['ours']:.2f}x, stock "
+                      + f"  | int8 speedup (paired rounds): ours {r['int8_speedup']['ours']:.2f}x"
+                      + (f" (qoperator {r['int8_speedup']['ours qoperator']:.2f}x)"
+                         if "ours qoperator" in r["int8_speedup"] else "") + ", stock "
                       f"{r['int8_speedup']['stock']:.2f}x; of minima: ours {r['int8_speedup_of_minima']['ours']:.2f}x"
                       + (f"; ours int8 vs bf16 {r['int8_vs_bf16']:.2f}x" if "int8_vs_bf16" in r else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +122,8 @@ def _summary(times: dict, files: dict, per_round: int) -> dict:
                                       "stock": lat["stock fp32"]["min_ms"] / lat["stock int8"]["min_ms"]},
            "ours_int8_vs_stock_int8": paired_ratio(times, "stock int8", "ours int8", per_round),
            "size_bytes": {k: _size(Path(f)) for k, f in files.items()}}
+    if "ours int8 qoperator" in times:
+        out["int8_speedup"]["ours qoperator"] = paired_ratio(times, "ours fp32", "ours int8 qoperator", per_round)
     if "ours bf16" in times:
         out["bf16_speedup"] = paired_ratio(times, "ours fp32", "ours bf16", per_round)
         out["int8_vs_bf16"] = paired_ratio(times, "ours bf16", "ours int8", per_round)
