@@ -91,8 +91,13 @@ def test_qat_from_a_float_checkpoint_and_resume(tmp_path):
 
 
 def test_cli_qat_options(tmp_path):
-    bad = CliRunner().invoke(app, ["train", "--qat", "--compile", "--data", "synthetic:8", "-o", str(tmp_path / "x")])
+    bad = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--qat", "--compile", "--data", "synthetic:8", "-o",
+                                   str(tmp_path / "x")])
     assert bad.exit_code == 2 and "torch.compile" in bad.output
-    bad = CliRunner().invoke(app, ["train", "--qat", "--qat-backend", "tensorrt", "-o", str(tmp_path / "y")])
+    bad = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--qat", "--qat-backend", "tensorrt", "--data",
+                                   "synthetic:8", "-o", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "qat-backend" in bad.output
+    bad = CliRunner().invoke(app, ["train", "mobilenet_v3_small", "--qat", "--channels-last", "--data",
+                                   "synthetic:8", "-o", str(tmp_path / "z")])
+    assert bad.exit_code == 2 and "NCHW" in bad.output
     assert "--qat-backend" in CliRunner().invoke(app, ["train", "--help"]).output

@@ -159,8 +159,12 @@ def _excluding(quantizer, names: set[str]):
         def annotate(self, model):
             quantizer.annotate(model)
             blocks = {n.rsplit(".", 1)[0] for n in names}  # a conv's block: the conv and its activation
+            # and the block that computes its input, whose output would stay quantized otherwise
+            feeds = [node.args[0] for node in model.graph.nodes if _module_of(node) in names and node.args
+                     and isinstance(node.args[0], torch.fx.Node)]
+            blocks |= {_module_of(f).rsplit(".", 1)[0] for f in feeds if _module_of(f)}
             stripped = {node for node in model.graph.nodes
-                        if _module_of(node) in names or _module_of(node).rsplit(".", 1)[0] in blocks}
+                        if _module_of(node) in names or _module_of(node).rsplit(".", 1)[0] in blocks} | set(feeds)
             while True:  # and every annotation that shares a quantizer with a stripped node
                 shared = {node for node in model.graph.nodes if node not in stripped
                           and _shares_with(node.meta.get("quantization_annotation"), stripped)}

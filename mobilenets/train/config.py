@@ -312,4 +312,6 @@ def resolve_config(recipe: str = "default", **overrides) -> TrainConfig:
     if unknown:
         raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values["qat"] and overrides.get("channels_last") is None:
+        values["channels_last"] = False  # QAT trains NCHW (train.qat.check)
     return validate(TrainConfig.from_dict(values))
