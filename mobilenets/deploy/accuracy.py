@@ -29,7 +29,7 @@ from torch import nn
 from ..core.errors import UsageError
 from .calibration import ImageSet
 from .common import NO_STEPS, RUNTIME, Steps, VerificationError, quiet
-from .quantize import quantize_onnx, quantize_openvino, quantize_tflite
+from .quantize import file_size, openvino_batches, quantize_onnx, quantize_openvino, quantize_tflite, to_layout
 from .runtimes import interleaved_latency, open_session
 
 RANKING_IMAGES = 64  # calibration images the sensitivity ranking runs on
@@ -60,7 +60,7 @@ def quantize_with_control(fmt: str, fp32_file: str | os.PathLike, dst: str | os.
         raise UsageError(f"no int8 path for {fmt!r}")
     fp32_file, dst = Path(fp32_file), Path(dst)
     backend = RUNTIME[fmt]
-    x = _layout(calib, nhwc)
+    x = to_layout(calib, nhwc)
     scorer = _Scorer(backend, val)
     fp32_top1 = scorer.top1(fp32_file)
     report = {"max_drop": float(max_drop), "val_images": len(val), "fp32_top1": fp32_top1, "trials": [],
@@ -70,7 +70,7 @@ def quantize_with_control(fmt: str, fp32_file: str | os.PathLike, dst: str | os.
     try:
         if fmt == "openvino":
             report["method"] = "NNCF quantize_with_accuracy_control"
-            _openvino(fp32_file, work, x, _layout(val.images, nhwc), val.labels, max_drop, scorer, report, steps)
+            _openvino(fp32_file, work, x, to_layout(val.images, nhwc), val.labels, max_drop, scorer, report, steps)
         else:
             report["method"] = "sensitivity-ranked float fallback"
             if module is None or example is None:
@@ -113,7 +113,7 @@ class _Scorer:
         s = open_session(path, self.backend, threads=1, precision="int8")
         lat = interleaved_latency({"m": s}, self.val.images[:1], warmup=5, rounds=5, per_round=10)
         return {"float_layers": list(float_layers), "n_float": len(float_layers), "top1": self.top1(path),
-                "size_bytes": _size(path), "latency_ms": lat["m"]["median_ms"], "file": str(path)}
+                "size_bytes": file_size(path), "latency_ms": lat["m"]["median_ms"], "file": str(path)}
 
 
 def _record(report: dict, trial: dict, max_drop: float, steps: Steps) -> bool:
@@ -260,12 +260,8 @@ def _openvino(fp32_file: Path, work: Path, x: np.ndarray, val_x: np.ndarray, val
     with quiet():
         import nncf
         import openvino as ov
-    core = ov.Core()
-    model = core.read_model(str(fp32_file))
-    shape = model.inputs[0].get_partial_shape()
-    b = shape[0].get_length() if shape[0].is_static else 1
-    items = [x[i:i + b] for i in range(0, len(x) - b + 1, b)]
-    held = [(val_x[i:i + b], val_y[i:i + b]) for i in range(0, len(val_x) - b + 1, b)]
+    model = ov.Core().read_model(str(fp32_file))
+    items, held = openvino_batches(model, x), openvino_batches(model, val_x, val_y)
 
     def validate(compiled, data) -> float:
         hits = [np.asarray(compiled(xb)[0]).argmax(1) == yb for xb, yb in data]
@@ -294,14 +290,6 @@ def openvino_float_layers(path: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------------
 # files
-
-
-def _layout(images: np.ndarray, nhwc: bool) -> np.ndarray:
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1)) if nhwc else images
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
 
 
 def _move(src: Path, dst: Path) -> None:

@@ -341,12 +341,7 @@ def save_int8(qm: QATModel, fmt: str, path: str | os.PathLike, *, batch: int | s
         converted = convert_pt2e(copy.deepcopy(qm.module))
     fixed = 2 if batch == "dynamic" else int(batch)
     example = torch.zeros((fixed, *qm.example.shape[1:]))
-    onnx_path = path if fmt == "onnx" else path.with_name(path.stem + ".qdq.onnx")
-    to_onnx(converted, example, onnx_path, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
-    if fmt == "openvino":
-        onnx_to_openvino(onnx_path, path, what="QAT model")
-        onnx_path.unlink(missing_ok=True)
-    return path
+    return _write_qdq(converted, example, fmt, path, batch=batch, opset=opset, verbose=verbose)
 
 
 def save_learned_int8(net, fmt: str, path: str | os.PathLike, *, batch: int | str = 1, opset: int = 18,
@@ -376,6 +371,11 @@ def save_learned_int8(net, fmt: str, path: str | os.PathLike, *, batch: int | st
             litert_torch.convert(converted, (example,), quant_config=QuantConfig(
                 pt2e_quantizer=quantizer("litert", is_qat=False))).export(str(path))
         return path
+    return _write_qdq(converted, example, fmt, path, batch=batch, opset=opset, verbose=verbose)
+
+
+def _write_qdq(converted, example, fmt: str, path: Path, *, batch, opset: int, verbose: bool) -> Path:
+    """A converted PT2E graph as ONNX QDQ, or as an OpenVINO IR read from that QDQ graph."""
     onnx_path = path if fmt == "onnx" else path.with_name(path.stem + ".qdq.onnx")
     to_onnx(converted, example, onnx_path, dynamic=batch == "dynamic", opset=opset, verbose=verbose)
     if fmt == "openvino":

@@ -43,7 +43,7 @@ class _Reader:
         self.i = 0
 
 
-def _layout(images: np.ndarray, nhwc: bool) -> np.ndarray:
+def to_layout(images: np.ndarray, nhwc: bool) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1)) if nhwc else images
 
 
@@ -52,11 +52,11 @@ def quantize_file(fmt: str, src: Path, dst: Path, calib: np.ndarray, *, nhwc: bo
     """Quantize the fp32 export ``src`` into ``dst`` with calibration images ``calib`` (NCHW);
     ``int8_format``: ONNX Runtime's "qdq" or "qoperator" form."""
     if fmt == "onnx":
-        return quantize_onnx(src, dst, _layout(calib, nhwc), int8_format=int8_format)
+        return quantize_onnx(src, dst, to_layout(calib, nhwc), int8_format=int8_format)
     if fmt == "openvino":
-        return quantize_openvino(src, dst, _layout(calib, nhwc))
+        return quantize_openvino(src, dst, to_layout(calib, nhwc))
     if fmt == "tflite":
-        return quantize_tflite(module, example, dst, _layout(calib, nhwc))
+        return quantize_tflite(module, example, dst, to_layout(calib, nhwc))
     raise UsageError(f"no int8 path for {fmt}")
 
 
@@ -101,17 +101,23 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndar
 # OpenVINO
 
 
+def openvino_batches(model, *arrays: np.ndarray) -> list:
+    """``arrays`` cut into the batches an OpenVINO model takes (1 for a dynamic batch), a partial last
+    batch dropped; one array gives its batches, several give tuples of them."""
+    shape = model.inputs[0].get_partial_shape()
+    b = shape[0].get_length() if shape[0].is_static else 1
+    cuts = [tuple(a[i:i + b] for a in arrays) for i in range(0, len(arrays[0]) - b + 1, b)]
+    return [c[0] for c in cuts] if len(arrays) == 1 else cuts
+
+
 def quantize_openvino(src: str | os.PathLike, dst: str | os.PathLike, calib: np.ndarray) -> Path:
     """NNCF post-training quantization of an IR (or ONNX file) into an int8 IR."""
     with quiet():
         import nncf
         import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(src))
-    shape = model.inputs[0].get_partial_shape()
-    batch = shape[0].get_length() if shape[0].is_static else 1
-    items = [calib[i:i + batch] for i in range(0, len(calib) - batch + 1, batch)]
+    model = ov.Core().read_model(str(src))
+    items = openvino_batches(model, calib)
     with quiet():
         qmodel = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items),
                                preset=nncf.QuantizationPreset.PERFORMANCE)
@@ -210,7 +216,7 @@ def compare(fp32: str | os.PathLike, int8: str | os.PathLike, backend: str, data
     s32 = open_session(fp32, backend, threads=threads, precision="fp32")
     s8 = open_session(int8, backend, threads=threads, precision="int8")
     out: dict = {"backend": backend, "threads": threads,
-                 "size_bytes": {"fp32": _size(fp32), "int8": _size(int8)}}
+                 "size_bytes": {"fp32": file_size(fp32), "int8": file_size(int8)}}
     if data is not None:
         y32, y8 = s32.run(data.images), s8.run(data.images)
         out["images"] = int(len(data.images))
@@ -228,5 +234,5 @@ def compare(fp32: str | os.PathLike, int8: str | os.PathLike, backend: str, data
     return out
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
     return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
