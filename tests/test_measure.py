@@ -618,6 +618,22 @@ def test_cli_select_json_and_cache(fake_sessions, tmp_path):
     assert len(fake_sessions) == n and all(e["cached"] for e in again["fits"])
 
 
+def test_select_in_an_old_process_counts_only_its_own_time(fake_sessions, monkeypatch):
+    """--max-seconds counts interpreter start-up only when main() started the process; a command invoked
+    in a long-lived process (a test run, a notebook) gets its whole budget."""
+    from mobilenets.core import hardware
+    monkeypatch.setattr(hardware, "process_age_s", lambda: 10_000.0)
+    res = runner.invoke(app, ["select", "--budget-ms", "5", "--backend", "torch", "--models", "v3_small*", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["fits"]
+    from mobilenets.cli import common, main
+    monkeypatch.setattr(common, "STARTUP_S", 0.0)
+    monkeypatch.setattr("sys.argv", ["mobilenets", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    assert common.STARTUP_S == 10_000.0                              # run as a program: start-up counts
+
+
 def test_session_runner_matches_run_in_every_layout(tmp_path):
     from mobilenets.deploy.export import export
     from mobilenets.deploy.runtimes import open_session

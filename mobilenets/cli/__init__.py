@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from ..core import hardware
 from . import common, deploy, measure, train, weights, zoo
 from .common import app, console, describe, err_console, fail
 
@@ -26,6 +27,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 
 
 def main() -> None:
+    common.STARTUP_S = hardware.process_age_s()  # interpreter start-up and imports count against --max-seconds
     try:
         app()
     except KeyboardInterrupt:

@@ -69,6 +69,7 @@ err_console = Console(stderr=True)
 
 
 DEBUG = False  # --debug: let exceptions through with their traceback
+STARTUP_S = 0.0  # seconds the process spent before the command ran; set by main(), 0 when invoked in-process
 
 
 def describe(exc: BaseException) -> tuple[str, int]:

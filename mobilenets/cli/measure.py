@@ -19,11 +19,10 @@ from rich.table import Table
 
 from ..core.errors import UsageError
 from ..core.files import check_parent
-from ..core.hardware import process_age_s
 from ..measure.bench import bench, check_output
 from ..measure.choose import PROBE, Selection, ZooReport, plot, select, write_json, zoo_report
 from ..models import match_models
-from . import options
+from . import common, options
 from .common import console, err_console
 
 DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
@@ -215,7 +214,7 @@ def select_cmd(
         sel = select(budget_ms, backend=backend, max_params=max_params, max_size_mb=max_size_mb,
                      precisions=_split(precision) or ["fp32"], threads=threads, models=names, top=top, fresh=fresh,
                      progress=progress,
-                     max_seconds=max_seconds or None, spent_s=process_age_s())
+                     max_seconds=max_seconds or None, spent_s=common.STARTUP_S)
     if as_json:
         _dump(sel.to_dict())
     else:
