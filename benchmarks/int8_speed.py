@@ -29,7 +29,7 @@ from onnx_export_speed import MODELS, RESULTS, machine, pair, torchvision_onnx  
 
 
 def stock_ort_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
-    from mobilenets.deploy.quantize import quantize_onnx
+    from mobilenets.deploy.runtimes.onnxruntime import quantize_onnx
     return quantize_onnx(fp32, out, calib)  # the same quantize_static settings on torchvision's graph
 
 

@@ -46,7 +46,9 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
         raise UsageError(f"{target} is a model name: give its checkpoint (--weights FILE), a run directory, "
                          f"a checkpoint or an exported file")
     meta = resolved.meta
-    session = open_session(resolved.path, threads=torch.get_num_threads()) if resolved.is_export else None
+    # an export runs on the CPU unless a CUDA device is asked for by name (ONNX Runtime's CUDA provider)
+    on = str(dev) if device not in (None, "auto") and dev.type == "cuda" else None
+    session = open_session(resolved.path, threads=torch.get_num_threads(), device=on) if resolved.is_export else None
     pre = session.feed() if session is not None else resolved.preprocessing
     names = meta.class_names
     hold_out = meta.extra.get("val_size") if hold_out == "recorded" else hold_out
@@ -57,7 +59,7 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
     if isinstance(splits.val, LazyImageFolder):
         splits.val.pre = pre  # the target's crop and interpolation, not the data's defaults
     label_map = _label_map(splits.class_names, names, meta)
-    if session is not None:  # its runtime runs on the CPU, NCHW float32 in
+    if session is not None:  # NCHW float32 numpy in, whatever device its runtime runs on
         model, dev, channels_last = _session_logits(session), torch.device("cpu"), False
     else:
         model = resolved.model.to(dev)

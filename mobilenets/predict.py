@@ -130,14 +130,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 @torch.inference_mode()
 def predict(target, paths, top: int = 5, batch_size: int = 32, *, weights: str | os.PathLike | None = None,
             preprocessing: Preprocessing | None = None, class_names: list[str] | None = None,
-            device: str | torch.device | None = None, progress: bool = False) -> PredictResult:
+            device: str | torch.device | None = None, backend: str | None = None,
+            progress: bool = False) -> PredictResult:
     """Top-``top`` classes (label, index, probability) for every image in ``paths``.
 
     ``target``: what ``weights.resolve_model`` takes, or an open runtime ``Session``; exported files
     run in their runtime. ``weights``: with a model name, a checkpoint file, a source tag or "random"
     (a bare name gets its default published weights). ``preprocessing``/``class_names`` override what the model
-    says. ``device``: default the model's (exports run where their runtime runs). ``progress``: a
-    bar on stderr.
+    says. ``device``: default the model's (exports run where their runtime runs; "cuda" runs an
+    ONNX file on ONNX Runtime's CUDA provider). ``backend``: run a model on another runtime
+    (``deploy.runtimes``: "compile", "cudagraphs", "executorch"... the model converted for it) or
+    an exported file on another runtime that opens it. ``progress``: a bar on stderr.
     """
     if top < 1 or batch_size < 1:
         raise UsageError(f"top and batch_size must be >= 1, got top={top}, batch_size={batch_size}")
@@ -147,9 +150,14 @@ def predict(target, paths, top: int = 5, batch_size: int = 32, *, weights: str |
                                 class_names=class_names, progress=progress)
     was_training = unwrap(target).training if isinstance(target, nn.Module) else False
     resolved = resolve_model(target, weights, pretrained=True)
-    if resolved.is_export:
-        return _predict_session(open_session(resolved.path), files, top, batch_size, preprocessing=preprocessing,
-                                class_names=class_names, progress=progress)
+    explicit = None if device is None or str(device) == "auto" else str(resolve_device(str(device)))
+    if backend in ("compile", "cudagraphs") and explicit is None:
+        explicit = str(resolve_device("auto"))
+    if resolved.is_export or (backend is not None and backend != "torch"):
+        session = open_session(resolved.path if resolved.is_export else resolved.model, backend, device=explicit)
+        return _predict_session(session, files, top, batch_size, preprocessing=preprocessing,
+                                class_names=class_names or (None if resolved.is_export else resolved.class_names),
+                                progress=progress)
     model = resolved.model
     num_classes = model.config.num_classes
     if class_names is not None and len(class_names) != num_classes:

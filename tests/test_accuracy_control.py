@@ -18,8 +18,8 @@ from mobilenets.deploy import accuracy
 from mobilenets.deploy.calibration import ImageSet
 from mobilenets.deploy.export import export
 from mobilenets.deploy.graph import deploy_module
-from mobilenets.deploy.quantize import quantize_tflite
 from mobilenets.deploy.runtimes import open_session
+from mobilenets.deploy.runtimes.litert import quantize_tflite
 from mobilenets.weights.io import save_checkpoint
 
 FRAGILE = "blocks.1.expand.conv"
@@ -100,8 +100,8 @@ def test_litert_keeps_an_excluded_layer_in_float(fragile, tmp_path):
         return sum(1 for op in interp._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")
                    and tensors[op["inputs"][1]]["dtype"] == np.float32)
 
-    full = quantize_tflite(d, example, tmp_path / "full.tflite", calib)
-    kept = quantize_tflite(d, example, tmp_path / "kept.tflite", calib, exclude=[FRAGILE])
+    full = quantize_tflite(None, tmp_path / "full.tflite", calib, module=d, example=example)
+    kept = quantize_tflite(None, tmp_path / "kept.tflite", calib, module=d, example=example, exclude=[FRAGILE])
     assert float_convs(full) == 0 and float_convs(kept) >= 1
 
 

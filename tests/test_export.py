@@ -27,7 +27,8 @@ INSTALLED = available_backends()
 # Each runtime's tests skip only when its package is not installed at all; one that is installed but
 # fails to import runs its tests, which then fail (test_installed_runtimes_import says why).
 DISTRIBUTIONS = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "nncf"),
-                 "tflite": ("ai-edge-litert", "litert-torch")}
+                 "tflite": ("ai-edge-litert", "litert-torch"), "executorch": ("executorch",),
+                 "ncnn": ("ncnn", "pnnx"), "mnn": ("MNN", "onnx"), "coreml": ("coremltools",)}
 
 
 def _installed(dist: str) -> bool:
@@ -50,6 +51,7 @@ def test_installed_runtimes_import(fmt):
         pytest.skip(f"{fmt}: not installed")
     for dist in dists:
         module = {"ai-edge-litert": "ai_edge_litert", "litert-torch": "litert_torch"}.get(dist, dist)
+        module = {"executorch": "executorch.runtime"}.get(module, module)
         importlib.import_module(module)
     backend = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
     assert INSTALLED[backend] is not None, f"{backend} is installed but mobilenets cannot load it"

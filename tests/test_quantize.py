@@ -123,8 +123,8 @@ def test_tflite_int8(model, image_dir, tmp_path):
 def test_int8_below_the_agreement_floor_is_discarded(model, image_dir, tmp_path, monkeypatch):
     """A runtime whose top-1 disagrees with PyTorch (its logits shifted by one class) fails the
     floor, and the quantized file is not kept."""
-    shifted = runtimes.OrtSession._run
-    monkeypatch.setattr(runtimes.OrtSession, "_run", lambda self, x: np.roll(shifted(self, x), 1, axis=1))
+    shifted = runtimes.onnxruntime.OrtSession._run
+    monkeypatch.setattr(runtimes.onnxruntime.OrtSession, "_run", lambda self, x: np.roll(shifted(self, x), 1, axis=1))
     with pytest.raises(VerificationError, match="agrees with PyTorch"):
         export(model, "onnx", tmp_path, int8=True, calib=image_dir, min_agreement=0.5)
     assert list(tmp_path.iterdir()) == []

@@ -55,7 +55,7 @@ def test_checkpoint_session_reads_metadata(tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (lambda p: open_session(p / "nope.onnx"), "no such model file"),
     (lambda p: open_session(_touch(p / "m.weird")), "cannot tell the runtime"),
-    (lambda p: open_session(_model(), "tensorrt"), "unknown backend"),
+    (lambda p: open_session(_model(), "no_such_backend"), "unknown backend"),
     (lambda p: open_session(_model()).run(np.zeros((3, 64, 64), np.float32)), "N x C x H x W"),
     (lambda p: open_session(_model(), threads=0), "threads"),
     (lambda p: open_session(_model(), precision="int8"), "int8"),
@@ -71,9 +71,11 @@ def _touch(path):
 
 
 def test_missing_runtime_names_the_pip_package(monkeypatch, tmp_path):
-    monkeypatch.setitem(runtimes._PACKAGES, "openvino", ("no_such_module_xyz", "openvino"))
+    import dataclasses
+    broken = dataclasses.replace(runtimes.RUNTIMES["openvino"], module="no_such_module_xyz")
+    monkeypatch.setitem(runtimes.RUNTIMES, "openvino", broken)
     assert runtimes.available_backends()["openvino"] is None
-    with pytest.raises(UsageError, match="not installed: pip install openvino"):
+    with pytest.raises(UsageError, match="needs openvino: pip install openvino"):
         open_session(_touch(tmp_path / "m.xml"))
 
 

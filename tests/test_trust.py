@@ -3,6 +3,7 @@ calibration and validation disjoint, each runtime checked against PyTorch indepe
 exporter's own verification, int8 accuracy bounded, and no file left behind by a failed export."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from mobilenets import create_model
 from mobilenets.cli import app
 from mobilenets.core.errors import UsageError
 from mobilenets.data.datasets import load_data
+from mobilenets.deploy import runtimes
 from mobilenets.deploy.calibration import check_disjoint, load_held_out, load_images, split_of
 from mobilenets.deploy.common import ExportError
 from mobilenets.deploy.export import VerificationError, export
@@ -24,8 +26,10 @@ from mobilenets.evaluate import evaluate
 from mobilenets.weights.io import save_checkpoint
 
 CLASSES = ("ant", "bee", "cow")
-FORMATS = [pytest.param("onnx", marks=needs["onnx"]), pytest.param("openvino", marks=needs["openvino"]),
-           pytest.param("tflite", marks=needs["tflite"])]
+RUNNABLE = ("onnx", "openvino", "tflite", "executorch", "ncnn", "mnn")  # Core ML cannot run on Linux
+FORMATS = [pytest.param(f, marks=needs[f]) for f in RUNNABLE]
+INT8 = [pytest.param(f, marks=needs[f]) for f in RUNNABLE if f != "ncnn"]  # ncnn's pip packages: no int8 tool
+ALL = [*FORMATS, pytest.param("coreml", marks=needs["coreml"])]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +104,7 @@ def test_int8_report_is_measured_on_held_out_images(checkpoint, data_root, tmp_p
     assert rep["validation"]["images"] == rep["images"] == 9 and rep["validation"]["part"].startswith("held-out")
 
 
-@pytest.mark.parametrize("fmt", [pytest.param("openvino", marks=needs["openvino"]),
-                                 pytest.param("tflite", marks=needs["tflite"])])
+@pytest.mark.parametrize("fmt", [p for p in FORMATS if p.values[0] != "onnx"])
 def test_fp32_runtime_outputs_match_pytorch(fmt, tmp_path):
     """Each runtime's logits against PyTorch's, computed here rather than by the exporter's check."""
     model = trained_like(res=64).eval()
@@ -113,7 +116,7 @@ def test_fp32_runtime_outputs_match_pytorch(fmt, tmp_path):
     assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", INT8)
 def test_ptq_int8_accuracy_is_bounded_on_held_out_images(fmt, tmp_path):
     """int8 against fp32 on held-out images (labels: the fp32 model's own answers, so fp32 scores 100%):
     post-training int8 keeps at least 85% of them. A broken recipe (no per-channel weights, wrong
@@ -131,7 +134,7 @@ def test_ptq_int8_accuracy_is_bounded_on_held_out_images(fmt, tmp_path):
     assert (pred == labels).mean() >= 0.85
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ALL)
 @pytest.mark.parametrize("where", ["convert", "verify"])
 def test_a_failed_export_leaves_no_file(fmt, where, tmp_path, monkeypatch):
     model = trained_like(res=64)
@@ -139,15 +142,32 @@ def test_a_failed_export_leaves_no_file(fmt, where, tmp_path, monkeypatch):
         def broken(module, example, path, **kw):
             path.write_bytes(b"half a file")
             raise ExportError("converter crashed")
-        monkeypatch.setitem(export_mod.CONVERTERS, fmt, broken)
+        runtime = runtimes.by_format(fmt)
+        monkeypatch.setitem(runtimes.RUNTIMES, runtime.backend, dataclasses.replace(runtime, convert=broken))
         expected = ExportError
     else:
         def disagree(*a, **kw):
             raise VerificationError("logits differ")
         monkeypatch.setattr(export_mod, "verify_export", disagree)
+        runtime = runtimes.by_format(fmt)
+        if runtime.inspect is not None:  # a runtime checked, not run, here (Core ML on Linux)
+            monkeypatch.setitem(runtimes.RUNTIMES, runtime.backend, dataclasses.replace(runtime, inspect=disagree))
         expected = VerificationError
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(expected):
         export(model, fmt, out, nhwc=fmt == "tflite")
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_of_each_export_gives_the_checkpoints_top1(checkpoint, data_root, tmp_path, fmt):
+    """`predict FILE` on the images, against `predict CHECKPOINT`: same top-1 class for every image."""
+    r = export(checkpoint, fmt, tmp_path, nhwc=fmt == "tflite")
+    images = str(data_root / "train")
+    runner = CliRunner()
+    own = runner.invoke(app, ["predict", str(checkpoint), images, "--json", "--top", "1", "--device", "cpu"])
+    got = runner.invoke(app, ["predict", str(r.path), images, "--json", "--top", "1"])
+    assert own.exit_code == 0 and got.exit_code == 0, own.output + got.output
+    top1 = lambda res: [p["top"][0]["label"] for p in json.loads(res.stdout)["predictions"]]  # noqa: E731
+    assert len(top1(own)) == 30 and top1(got) == top1(own)

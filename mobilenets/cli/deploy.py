@@ -19,7 +19,7 @@ from rich.table import Table
 from ..core.errors import UsageError
 from ..deploy.calibration import DEFAULT_CALIB_SIZE
 from ..deploy.common import Steps
-from ..deploy.export import VerificationError, export
+from ..deploy.export import FORMATS, VerificationError, export
 from . import options
 from .common import console, fail
 
@@ -76,14 +76,14 @@ class Progress(Steps):
 def export_cmd(
     model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a checkpoint "
                                          "(.safetensors, .pth) or a training run directory")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx, openvino or tflite")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help=", ".join(FORMATS))] = "onnx",
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file or source tag "
                                                 "(default: the model's published weights; 'random': none)")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="post-training int8 quantization (needs --calib)")] = False,
     calib: Annotated[str | None, typer.Option("--calib", help="calibration images: a folder (class folders or "
                                               "plain images) or a dataset spec as in `train --data`")] = None,
     calib_size: Annotated[int, typer.Option(help="how many calibration images (at least 1)")] = DEFAULT_CALIB_SIZE,
-    precision: Annotated[str | None, typer.Option(help="fp32, bf16 (openvino) or int8")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 (openvino), fp16 (coreml) or int8")] = None,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: the model's)")] = None,
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="batch size of the file, or 'dynamic'")] = "1",
     batch_alias: Annotated[str | None, typer.Option("--batch", hidden=True)] = None,
@@ -110,7 +110,8 @@ def export_cmd(
                                                    show_default=False)] = None,
     as_json: options.Json = False,
 ) -> None:
-    """Export to ONNX, OpenVINO IR or TFLite, verified in its runtime against PyTorch (-o: a file or a folder)."""
+    """Export for a runtime (ONNX Runtime, OpenVINO, LiteRT, ExecuTorch, ncnn, MNN, Core ML), verified in it
+    against PyTorch before it is kept (-o: a file or a folder)."""
     batch = parse_batch(batch_alias if batch_alias is not None else batch_size)
     progress = Progress()
     try:
@@ -137,7 +138,12 @@ def result_table(result) -> Table:
     table.add_row("file", str(result.path))
     table.add_row("sidecar", str(result.sidecar))
     table.add_row("size", f"{result.size_bytes / 2**20:.2f} MiB")
-    if v:
+    if v and not v.get("ran", True):
+        table.add_row("checked, not run", v["why"])
+        table.add_row("interface", f"{v['input']['name']} {v['input']['shape']} -> {v['output']['name']} "
+                      f"{v['output']['shape']}")
+        table.add_row("operations", f"{v['ops']} ({v['precision']}" + (", int8 weights)" if v.get("int8") else ")"))
+    elif v:
         table.add_row("verified on", f"{v['backend']}, {v['images']} {v['inputs']}")
         table.add_row("max |logit diff|", f"{v['max_abs_diff']:.2e}" + (f" (<= {v['tolerance']:g})"
                                                                         if "tolerance" in v else ""))

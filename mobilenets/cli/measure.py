@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..core.errors import UsageError
 from ..core.files import check_parent
+from ..deploy.runtimes import BACKENDS
 from ..measure.bench import bench, check_output
 from ..measure.choose import PROBE, Selection, ZooReport, plot, select, write_json, zoo_report
 from ..models import match_models
@@ -63,12 +64,16 @@ def _dump(obj: dict) -> None:
 def bench_cmd(
     models: Annotated[list[str] | None, typer.Argument(
         help="model names, checkpoints, run directories or exported files (default: V1, V2, V3-L, V3-S 1.0)")] = None,
-    backend: Annotated[str | None, typer.Option(help="comma list of torch,compile,onnxruntime,openvino,litert "
-                                                "(default: every installed one but compile)")] = None,
+    backend: Annotated[str | None, typer.Option(help="comma list of " + ",".join(BACKENDS) + " (default: every "
+                                                "installed one that runs here, but compile; with --device cuda: "
+                                                "torch, cudagraphs, onnxruntime, tensorrt)")] = None,
     threads: options.Threads = 1,
     batch_size: options.BatchSize = 1,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: each variant's)")] = None,
-    precision: Annotated[str, typer.Option(help="comma list of fp32,bf16,int8")] = "fp32",
+    precision: Annotated[str, typer.Option(help="comma list of fp32,bf16,fp16,int8")] = "fp32",
+    device: Annotated[str, typer.Option("--device", help="cpu, or cuda[:N] for the torch backends (eager, "
+                                        "torch.compile, CUDA graphs) and ONNX Runtime's CUDA/TensorRT "
+                                        "providers")] = "cpu",
     warmup: Annotated[int, typer.Option(help="untimed runs per session")] = 50,
     iters: Annotated[int, typer.Option(help="timed runs per session")] = 1000,
     rounds: Annotated[int, typer.Option(help="interleaved rounds the timed runs are split into")] = 10,
@@ -86,7 +91,7 @@ def bench_cmd(
     with _progress() as progress:
         report = bench(names, backends=_split(backend), precisions=_split(precision) or ["fp32"], threads=threads,
                        batch=batch_size, resolution=resolution, warmup=warmup, iters=iters, rounds=rounds,
-                       peers=peers, fresh=fresh, progress=progress)
+                       peers=peers, fresh=fresh, progress=progress, device=device)
     if as_json:
         _dump(report.to_dict())
     else:

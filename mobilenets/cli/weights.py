@@ -35,18 +35,23 @@ def convert_cmd(
 
 def predict_cmd(
     model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a checkpoint, a training run "
-                                         "folder or an exported .onnx/.xml/.tflite file")],
+                                         "folder or an exported file (.onnx, .xml, .tflite, .pte, .param, .mnn)")],
     images: Annotated[list[Path], typer.Argument(help="image files and folders (searched recursively)")],
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file or source tag "
                                                 "(default: the model's default published weights)")] = None,
     top: Annotated[int, typer.Option(min=1, help="how many classes per image")] = 5,
     batch_size: options.BatchSize = 32,
     device: options.Device = "auto",
+    backend: Annotated[str | None, typer.Option(help="run on this runtime: torch, compile, cudagraphs (--device "
+                                                "cuda), onnxruntime, tensorrt, openvino, litert, executorch, ncnn, "
+                                                "mnn (a model is converted for it first) [default: torch for "
+                                                "models, the file's own runtime for exports]",
+                                                show_default=False)] = None,
     as_json: options.Json = False,
 ) -> None:
     """Top-k classes for images, preprocessed as the model says."""
     result = predict(model, images, top=top, batch_size=batch_size, weights=weights, device=device,
-                     progress=not as_json and err_console.is_terminal)
+                     backend=backend, progress=not as_json and err_console.is_terminal)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:

@@ -24,6 +24,10 @@ def _umask() -> int:
     return mask
 
 
+# Outputs that are folders written as one unit (a Core ML package): replaced whole by ``publish``.
+PACKAGE_SUFFIXES = frozenset({".mlpackage"})
+
+
 def check_parent(path: str | os.PathLike) -> Path:
     """``path``, after checking that its folder is (or can be made) a folder: an output under an
     existing *file* is a ``UsageError`` naming it, before any slow work starts."""
@@ -33,7 +37,7 @@ def check_parent(path: str | os.PathLike) -> Path:
             if not parent.is_dir():
                 raise UsageError(f"cannot write {path}: {parent} is a file, not a folder")
             break
-    if path.is_dir():
+    if path.is_dir() and path.suffix.lower() not in PACKAGE_SUFFIXES:
         raise UsageError(f"cannot write {path}: it is a folder")
     return path
 
@@ -105,9 +109,24 @@ def staging_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 
 def publish(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Move a finished file from a staging folder onto ``dst`` atomically (same file system),
-    with the umask's permissions."""
+    """Move a finished file (or package folder, e.g. a Core ML ``.mlpackage``) from a staging folder
+    onto ``dst`` atomically (same file system), with the umask's permissions. A folder replaces an
+    existing one by two renames: readers see the old or the new one, never a mix."""
     src, dst = Path(src), Path(dst)
+    if src.is_dir():
+        for f in [src, *src.rglob("*")]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~_umask())
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst.parent)) / "old"
+            os.replace(dst, old)
+        os.replace(src, dst)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+        return dst
     with open(src, "rb") as f:
         os.fsync(f.fileno())
     os.chmod(src, 0o666 & ~_umask())

@@ -10,7 +10,7 @@ top-1 on held-out images falls by at most ``max_drop`` points against the fp32 f
   calibrated range), simulated in PyTorch on the exported graph's module. Then configurations
   with the 0, 1, 2, 3, 4, 6, 8, 12, 16, ... most sensitive layers in float are built with the
   runtime's own quantizer (``quantize.quantize_onnx``'s ``nodes_to_exclude``,
-  ``quantize.quantize_tflite``'s ``exclude``), each scored in the runtime, until one is within
+  ``runtimes.litert.quantize_tflite``'s ``exclude``), each scored in the runtime, until one is within
   the bound.
 
 Every configuration tried is reported (layers in float, top-1, drop, size, latency at batch 1 on
@@ -28,9 +28,14 @@ from torch import nn
 
 from ..core.errors import UsageError
 from .calibration import ImageSet
-from .common import NO_STEPS, RUNTIME, Steps, VerificationError, quiet
-from .quantize import file_size, openvino_batches, quantize_onnx, quantize_openvino, quantize_tflite, to_layout
-from .runtimes import interleaved_latency, open_session
+from .common import NO_STEPS, Steps, VerificationError, quiet
+from .quantize import file_size, to_layout
+from .runtimes import by_format, interleaved_latency, open_session
+from .runtimes.litert import quantize_tflite
+from .runtimes.onnxruntime import quantize_onnx
+from .runtimes.openvino import openvino_batches, quantize_openvino
+
+FORMATS = ("onnx", "openvino", "tflite")  # the exports whose int8 layers the search can keep in float
 
 RANKING_IMAGES = 64  # calibration images the sensitivity ranking runs on
 
@@ -56,10 +61,10 @@ def quantize_with_control(fmt: str, fp32_file: str | os.PathLike, dst: str | os.
         raise UsageError(f"max_drop is a top-1 drop in points, >= 0; got {max_drop!r}")
     if val is None or val.labels is None or not len(val):
         raise UsageError("accuracy control needs labelled held-out images (--val DATA)")
-    if fmt not in RUNTIME:
-        raise UsageError(f"no int8 path for {fmt!r}")
+    if fmt not in FORMATS:
+        raise UsageError(f"accuracy control searches {', '.join(FORMATS)} exports, not {fmt!r}")
     fp32_file, dst = Path(fp32_file), Path(dst)
-    backend = RUNTIME[fmt]
+    backend = by_format(fmt).backend
     x = to_layout(calib, nhwc)
     scorer = _Scorer(backend, val)
     fp32_top1 = scorer.top1(fp32_file)
@@ -166,7 +171,7 @@ def _builder(fmt: str, fp32_file: Path, module, example, x: np.ndarray, int8_for
         return build
 
     def build_tflite(layers, path):
-        return quantize_tflite(module, example, path, x, exclude=layers)
+        return quantize_tflite(None, path, x, module=module, example=example, exclude=layers)
     return build_tflite
 
 

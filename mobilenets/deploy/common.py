@@ -1,4 +1,4 @@
-"""What every deploy module shares: the formats, the errors, the export sidecar, progress steps,
+"""What every deploy module shares: the errors, the export sidecar, progress steps,
 and ``quiet``, which keeps the chatter of third-party converters out of our output.
 
 Nothing here imports another deploy module, so converters, runtimes, quantizers and ``export``
@@ -23,18 +23,15 @@ from ..core.files import atomic_write_text
 from ..core.preprocessing import Preprocessing
 from ..models.meta import CheckpointMeta
 
-FORMATS = ("onnx", "openvino", "tflite")
-SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
-RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
-FORMAT_OF_BACKEND = {backend: fmt for fmt, backend in RUNTIME.items()}
 SIDECAR_FORMAT = "mobilenets-export"
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
 TRAINING_SPLIT = ("data", "val_size", "split_seed")  # what a checkpoint records of its held-out images
 
 # Loggers of converters and quantizers that report progress or retried fallbacks at INFO/WARNING.
-NOISY_LOGGERS = ("torch._guards", "torch.export", "torch._dynamo", "torch.onnx", "torch.fx", "onnxscript",
-                 "onnx_ir", "onnxruntime", "nncf", "openvino", "torchao", "litert_torch", "jax", "absl", "tensorflow")
+NOISY_LOGGERS = ("executorch", "coremltools", "torch._guards", "torch.export", "torch._dynamo", "torch.onnx",
+                 "torch.fx", "onnxscript", "onnx_ir", "onnxruntime", "nncf", "openvino", "torchao", "litert_torch",
+                 "jax", "absl", "tensorflow")
 
 
 class ExportError(UsageError):
@@ -144,7 +141,7 @@ NO_STEPS = Steps()
 # the sidecar
 
 
-def export_meta(net, *, meta: CheckpointMeta | None = None, fmt: str, precision: str, resolution: int,
+def export_meta(net, *, meta: CheckpointMeta | None = None, fmt: str, backend: str, precision: str, resolution: int,
                 batch: int | str, nhwc: bool, preprocessing: Preprocessing) -> dict:
     """The JSON sidecar of an export of ``net`` (described by ``meta``, by default its own
     ``checkpoint_meta``): how to feed the file and what its outputs mean, so that a session
@@ -156,7 +153,7 @@ def export_meta(net, *, meta: CheckpointMeta | None = None, fmt: str, precision:
     # validated on (read back as the export's CheckpointMeta.extra, as a checkpoint's own)
     split = {k: extra[k] for k in TRAINING_SPLIT if extra.get(k) is not None}
     return {**split, "format": SIDECAR_FORMAT, "model": getattr(meta, "variant", None) or net.config.family,
-            "config": net.config.to_dict(), "export_format": fmt, "backend": RUNTIME[fmt], "precision": precision,
+            "config": net.config.to_dict(), "export_format": fmt, "backend": backend, "precision": precision,
             "resolution": int(resolution), "batch": batch, "input_layout": "NHWC" if nhwc else "NCHW",
             "preprocessing": preprocessing.to_dict(),
             "class_names": list(names) if names and len(names) == net.config.num_classes else None}

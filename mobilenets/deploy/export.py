@@ -38,11 +38,9 @@ from .calibration import (
 )
 from .common import (
     DEFAULT_OPSET,
-    FORMATS,
+    MIN_OPSET,
     NO_STEPS,
-    RUNTIME,
     SIDECAR_FORMAT,
-    SUFFIX,
     ExportError,
     Steps,
     VerificationError,
@@ -51,14 +49,13 @@ from .common import (
     sidecar_of,
     write_sidecar,
 )
-from .convert import CONVERTERS, check_opset, require_litert_torch, require_onnx, require_quantizer, require_torchao
 from .graph import deploy_module
 from .quantize import compare, quantize_file
-from .runtimes import open_session, require
+from .runtimes import FORMATS, RUNTIMES, Runtime, by_format, open_session
 
 INT8_FORMATS = ("qdq", "qoperator")
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "FP32_TOLERANCE", "INT8_FORMATS", "RUNTIME", "SIDECAR_FORMAT", "SUFFIX",
+__all__ = ["DEFAULT_OPSET", "FORMATS", "FP32_TOLERANCE", "INT8_FORMATS", "SIDECAR_FORMAT",
            "ExportError", "ExportResult", "VerificationError", "default_name", "export", "qat_finetune",
            "verify_export"]
 
@@ -92,7 +89,7 @@ class ExportResult:
 def default_name(model: MobileNet, fmt: str, precision: str, resolution: int) -> str:
     """``mobilenet_v3_large-w1.0-r224-onnx-int8.onnx``: model, width, resolution, format, precision."""
     variant = getattr(getattr(model, "checkpoint_meta", None), "variant", None) or model.config.family
-    return f"{variant}-w{float(model.config.width)!r}-r{resolution}-{fmt}-{precision}{SUFFIX[fmt]}"
+    return f"{variant}-w{float(model.config.width)!r}-r{resolution}-{fmt}-{precision}{by_format(fmt).suffix}"
 
 
 def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bool = False,
@@ -137,8 +134,9 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
                                qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_max_images=qat_max_images,
                                max_drop=max_drop, int8_format=int8_format, val_images=val_images)
     _check_output(output, fmt)
-    backend = RUNTIME[fmt]
-    _require(fmt, backend, precision, qat_epochs)
+    runtime = by_format(fmt)
+    backend = runtime.backend
+    _require(runtime, precision, qat_epochs)
     steps = steps or NO_STEPS
 
     resolved = resolve_model(model, weights, pretrained=True)
@@ -175,36 +173,39 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         deploy = deploy_module(net, nhwc=nhwc)
         fixed = 2 if batch == "dynamic" else int(batch)  # batch 1 would specialise a dynamic dim
         example = torch.zeros((fixed, res, res, chans) if nhwc else (fixed, chans, res, res))
-        fp32_file = work / f"fp32{SUFFIX[fmt]}"
-        # TFLite int8 and QAT convert from the torch module; their fp32 file is only needed for the report.
-        if not ((fmt == "tflite" or qat_epochs or learned) and precision == "int8" and not report
+        suffix = runtime.suffix
+        fp32_file = work / f"fp32{suffix}"
+        # int8 quantized from the torch module (PT2E) and QAT: their fp32 file is only needed for the report.
+        if not ((runtime.int8_from == "module" or qat_epochs or learned) and precision == "int8" and not report
                 and max_drop is None):
-            CONVERTERS[fmt](deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose,
-                            steps=steps)
+            fp16 = {"precision": "fp16"} if precision == "fp16" else {}  # Core ML's compute precision
+            runtime.convert(deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose,
+                            steps=steps, **fp16)
         final, qat_info, control = fp32_file, {}, {}
         if learned:
-            final = work / f"int8{SUFFIX[fmt]}"
+            final = work / f"int8{suffix}"
             with steps("convert the learned quantization to int8"):
                 qat.save_learned_int8(net, fmt, final, batch=batch, opset=opset, verbose=verbose)
             qat_info = {"learned": net.checkpoint_meta.extra["qat"]}
         elif precision == "int8" and qat_epochs:
-            final = work / f"int8{SUFFIX[fmt]}"
+            final = work / f"int8{suffix}"
             qat_info = _qat_int8(net, train_data, calib_set, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
                                  batch_size=qat_batch_size, resolution=res, nhwc=nhwc, pre=pre, batch=batch,
                                  opset=opset, verbose=verbose)
         elif precision == "int8" and max_drop is not None:
-            final = work / f"int8{SUFFIX[fmt]}"
+            final = work / f"int8{suffix}"
             control = accuracy.quantize_with_control(fmt, fp32_file, final, calib_set.images, val_set, max_drop,
                                                      nhwc=nhwc, module=deploy, example=example,
                                                      int8_format=int8_format, steps=steps)
             control["calibration"], control["validation"] = calib_set.describe(), val_set.describe()
         elif precision == "int8":
-            final = work / f"int8{SUFFIX[fmt]}"
+            final = work / f"int8{suffix}"
             with steps("calibrate and quantize"):
                 quantize_file(fmt, fp32_file, final, calib_set.images, nhwc=nhwc, module=deploy, example=example,
                               int8_format=int8_format)
 
-        meta = export_meta(net, meta=resolved.meta, fmt=fmt, precision=precision, resolution=res, batch=batch,
+        meta = export_meta(net, meta=resolved.meta, fmt=fmt, backend=backend, precision=precision, resolution=res,
+                           batch=batch,
                            nhwc=nhwc, preprocessing=pre)
         if precision == "int8" and fmt == "onnx":
             meta["int8_format"] = "qdq" if qat_epochs else int8_format
@@ -213,7 +214,10 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
             write_sidecar(fp32_file, {**meta, "precision": "fp32"})
         write_sidecar(final, meta)
         verification: dict = {}
-        if verify:
+        if verify and runtime.runs_here() is not None:  # Core ML on Linux: checked, not run
+            with steps("check (this machine cannot run it)"):
+                verification = {**runtime.inspect(final), "ran": False, "why": runtime.runs_here()}
+        elif verify:
             with steps("verify"):
                 checked = calib_set if val_set is None else val_set
                 reference = qat.learned_model(net) if learned else net  # QAT: the fake-quantized network
@@ -231,22 +235,16 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         if control:
             meta["accuracy_control"] = control
         with steps("install"):
-            files = _install(final, out, fmt, meta)
+            files = _install(final, out, runtime, meta)
     return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info,
                         control)
 
 
-def _require(fmt: str, backend: str, precision: str, qat_epochs: int) -> None:
+def _require(runtime: Runtime, precision: str, qat_epochs: int) -> None:
     """A missing runtime, converter or quantizer is reported before any work."""
-    require(backend)
-    if fmt == "onnx" or qat_epochs:
-        require_onnx()
-    if fmt == "tflite":
-        require_litert_torch()
-    if precision == "int8" and not qat_epochs:
-        require_quantizer(fmt)
+    runtime.require_export("fp32" if qat_epochs else precision)
     if qat_epochs:
-        require_torchao()
+        qat.require()
 
 
 def _calibration(calib, pre, calib_size: int | None, shape: tuple[int, int, int], steps: Steps,
@@ -322,17 +320,19 @@ def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch,
                    min_agreement, qat_epochs, qat_lr, qat_batch_size, qat_max_images, max_drop, int8_format,
                    val_images) -> str:
     """Every check that needs no model and no data; returns the precision."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    runtime = by_format(fmt)
     precision = "int8" if int8 else (precision or "fp32")
-    if precision not in ("fp32", "bf16", "int8"):
-        raise UsageError(f"precision must be fp32, bf16 or int8, got {precision!r}")
-    if precision == "bf16" and fmt != "openvino":
-        raise UsageError("bf16 export is an OpenVINO inference precision: use --format openvino")
+    if precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise UsageError(f"precision must be fp32, bf16, fp16 or int8, got {precision!r}")
+    if precision not in runtime.export_precisions:
+        able = [r.format for r in _runtimes_writing(precision)]
+        hint = f"; {precision} exports: {', '.join(able)}" if able else ""
+        why = f" ({runtime.int8_note})" if precision == "int8" and runtime.int8_note else ""
+        raise UsageError(f"{fmt} export writes {', '.join(runtime.export_precisions)}, not {precision}{why}{hint}")
     if batch != "dynamic" and (not _is_int(batch) or batch < 1):
         raise UsageError(f"batch must be a positive integer or 'dynamic', got {batch!r}")
-    if batch == "dynamic" and fmt == "tflite":
-        raise UsageError("TFLite files have a fixed batch: pass an integer batch")
+    if batch == "dynamic" and not runtime.dynamic_batch:
+        raise UsageError(f"{fmt} files have a fixed batch: pass an integer batch")
     if not isinstance(min_agreement, (int, float)) or isinstance(min_agreement, bool) \
             or not 0 <= min_agreement <= 1:
         raise UsageError(f"min_agreement (--min-agreement) is a share of images, in [0, 1]; got {min_agreement!r}")
@@ -340,8 +340,8 @@ def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch,
         raise UsageError(f"calib_size (--calib-size) must be at least 1 image, got {calib_size!r}")
     if not _is_int(qat_epochs) or qat_epochs < 0:
         raise UsageError(f"qat_epochs must be an integer >= 0 (0: post-training quantization), got {qat_epochs!r}")
-    if fmt == "onnx" or qat_epochs:
-        check_opset(opset)
+    if (fmt == "onnx" or qat_epochs) and (not _is_int(opset) or opset < MIN_OPSET):
+        raise UsageError(f"opset {opset}: the export needs opset {MIN_OPSET} or newer")
     if int8_format not in INT8_FORMATS:
         raise UsageError(f"int8 format must be one of {', '.join(INT8_FORMATS)}, got {int8_format!r}")
     if int8_format != "qdq" and (fmt != "onnx" or precision != "int8" or qat_epochs):
@@ -352,6 +352,9 @@ def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch,
             raise UsageError(f"--max-drop is a top-1 drop in points, in [0, 100); got {max_drop!r}")
         if precision != "int8" or qat_epochs:
             raise UsageError("--max-drop controls post-training int8: add --int8 (and no --qat-epochs)")
+        if fmt not in accuracy.FORMATS:
+            raise UsageError(f"--max-drop searches the int8 layers of {', '.join(accuracy.FORMATS)} exports, "
+                             f"not {fmt}")
     if val_images is not None and (not _is_int(val_images) or val_images < 1):
         raise UsageError(f"--val-images must be at least 1, got {val_images!r}")
     if qat_epochs:
@@ -367,13 +370,19 @@ def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch,
     return precision
 
 
+def _runtimes_writing(precision: str) -> list[Runtime]:
+    return [r for r in RUNTIMES.values() if r.format and precision in r.export_precisions]
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _is_dir_target(output) -> bool:
+    """Whether ``output`` names a folder to export into (not a package folder such as ``x.mlpackage``)."""
     out = Path(output)
-    return out.is_dir() or str(output).endswith(os.sep) or not out.suffix
+    package = out.suffix.lower() in {by_format(f).suffix for f in FORMATS}
+    return (out.is_dir() and not package) or str(output).endswith(os.sep) or not out.suffix
 
 
 def _check_output(output, fmt: str) -> None:
@@ -384,8 +393,9 @@ def _check_output(output, fmt: str) -> None:
         check_parent(Path(output) / "x")
         return
     out = Path(output)
-    if out.suffix.lower() != SUFFIX[fmt]:
-        raise UsageError(f"output {out.name} does not end in {SUFFIX[fmt]} (the {fmt} suffix)")
+    suffix = by_format(fmt).suffix
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"output {out.name} does not end in {suffix} (the {fmt} suffix)")
     check_parent(out)
 
 
@@ -446,12 +456,11 @@ def verify_export(net: MobileNet, path: Path, backend: str, precision: str, cali
 # installation
 
 
-def _install(src: Path, out: Path, fmt: str, meta: dict) -> list[Path]:
-    """Publish the verified file(s) from the staging folder onto ``out`` (an IR's .bin before its
-    .xml, which names its weights file by its own stem), then the sidecar."""
-    files = []
-    if fmt == "openvino":
-        files.append(publish(src.with_suffix(".bin"), out.with_suffix(".bin")))
+def _install(src: Path, out: Path, runtime: Runtime, meta: dict) -> list[Path]:
+    """Publish the verified file(s) from the staging folder onto ``out``: the companions first (an IR's
+    or ncnn's .bin, which the main file names by its own stem), then the main file (a file, or a
+    package folder such as Core ML's), then the sidecar."""
+    files = [publish(src.with_suffix(s), out.with_suffix(s)) for s in runtime.companions]
     files.insert(0, publish(src, out))
     publish(write_sidecar(src, meta), sidecar_of(out))
     return files

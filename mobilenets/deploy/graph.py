@@ -40,6 +40,23 @@ class GlobalPoolSE(nn.Module):
         return x * self.gate(self.fc2(self.act(self.fc1(s))))
 
 
+def fold_hardsigmoid(module: nn.Module) -> nn.Module:
+    """Every squeeze-excite gate ``hardsigmoid(conv(s))`` rewritten, in place, as ``clamp(conv'(s), 0, 1)``
+    with ``conv'`` = ``conv / 6 + 0.5`` (weights and bias scaled, bias shifted): the same function with
+    no arithmetic on constants, for runtimes that have no hard-sigmoid and would otherwise run its
+    ``+ 3`` and ``/ 6`` outside their delegate (ExecuTorch's XNNPACK)."""
+    for m in module.modules():
+        if isinstance(m, GlobalPoolSE) and isinstance(m.gate, nn.Hardsigmoid) and isinstance(m.fc2, nn.Conv2d):
+            conv = copy.deepcopy(m.fc2)
+            with torch.no_grad():
+                conv.weight.div_(6.0)
+                if conv.bias is None:
+                    conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+                conv.bias.div_(6.0).add_(0.5)
+            m.fc2, m.gate = conv, nn.Hardtanh(0.0, 1.0)
+    return module
+
+
 def linear_to_conv(linear: nn.Linear) -> nn.Conv2d:
     """The 1x1 convolution computing ``linear`` on an ``N x C x 1 x 1`` tensor (same weights)."""
     conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)

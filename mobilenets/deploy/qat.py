@@ -17,7 +17,7 @@ PT2E flow (``torch.export`` -> ``prepare_qat_pt2e`` -> train -> ``convert_pt2e``
    ``schedule``, ``optim``); the
    observers are frozen for the second half so the last steps train against the final ranges.
 3. ``save_int8``: ``convert_pt2e`` (int8 weights + QuantizeLinear / DequantizeLinear), exported
-   with the package's ONNX exporter (``convert.to_onnx``) as a QDQ model for ONNX Runtime; for
+   with the package's ONNX exporter (``runtimes.onnxruntime.to_onnx``) as a QDQ model for ONNX Runtime; for
    OpenVINO the same QDQ ONNX is read by ``openvino.convert_model``, which turns each Q/DQ pair
    into a FakeQuantize its CPU plugin executes as int8 convolutions.
 
@@ -60,14 +60,23 @@ from ..train.report import Reporter
 from ..train.schedule import lr_at
 from .calibration import ImageSet, load_images
 from .common import quiet
-from .convert import onnx_to_openvino, to_onnx
 from .graph import deploy_module
+from .runtimes.onnxruntime import to_onnx
+from .runtimes.openvino import onnx_to_openvino
 
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 64
 DEFAULT_MAX_IMAGES = 10_000
 OBSERVE_FRACTION = 0.5  # observers follow the activations for this share of the steps, then freeze
 FORMATS = ("onnx", "openvino")
+
+
+def require() -> None:
+    """torchao's PT2E, or a one-line ``UsageError`` saying what to install."""
+    try:
+        import torchao.quantization.pt2e  # noqa: F401
+    except ImportError:
+        raise UsageError("quantization-aware fine-tuning needs torchao (PT2E): pip install torchao") from None
 
 
 @dataclass

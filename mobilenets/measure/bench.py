@@ -18,11 +18,9 @@ read back (its row says so, with its date) unless ``fresh``.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.metadata
-import io
 import json
 import os
 import warnings
@@ -36,11 +34,21 @@ from torch import nn
 
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write, check_parent, publish, staging_dir
-from ..core.hardware import cpu_has_bf16
+from ..core.hardware import cpu_has_bf16, resolve_device
 from ..deploy.common import sidecar_of, write_sidecar
 from ..deploy.export import export
-from ..deploy.quantize import quantize_file
-from ..deploy.runtimes import BACKENDS, available_backends, open_session
+from ..deploy.quantize import file_size, quantize_file
+from ..deploy.runtimes import (
+    BACKENDS,
+    PRECISIONS,
+    RUNTIMES,
+    TORCH_BACKENDS,
+    available_backends,
+    by_format,
+    by_suffix,
+    open_session,
+)
+from ..deploy.runtimes.onnxruntime import peer_onnx
 from ..models import VARIANTS, MobileNet, ModelConfig, model_config
 from ..weights import cache_dir, create_model, resolve_model
 from ..weights.resolve import Resolved
@@ -48,16 +56,20 @@ from . import latency
 from .cache import MeasurementCache, Record, key_id, machine_key
 from .profile import profile
 
-# What each backend can run. bf16 only where the CPU has native bf16 (checked at run time).
-SUPPORTED = {"torch": ("fp32", "bf16"), "compile": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"),
-             "openvino": ("fp32", "bf16", "int8"), "litert": ("fp32", "int8")}
-EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
+# All read off the runtime table (deploy.runtimes). What each backend can run (bf16 only where the CPU
+# has native bf16, checked at run time; fp16 in torch on CUDA only).
+SUPPORTED = {b: r.precisions for b, r in RUNTIMES.items()}
+# The export a backend times: its own format, or the format of the files it opens (tensorrt: onnx).
+EXPORT_FORMAT = {b: r.format or by_suffix(r.opens[0])[0].format for b, r in RUNTIMES.items() if r.format or r.opens}
+EXPORT_SUFFIX = {r.format: r.suffix for r in RUNTIMES.values() if r.format}
 # The backends that run an exported file, by suffix (the first: its own runtime).
-FILE_BACKENDS = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".tflite": ("litert",)}
+FILE_BACKENDS = {suffix: tuple(r.backend for r in by_suffix(suffix)) for suffix in EXPORT_SUFFIX.values()}
 CALIB_IMAGES = 8   # random calibration inputs of a timing export: the latency does not depend on them
 # Formats whose int8 timing export is quantized from the cached fp32 file (no second torch export);
-# TFLite int8 is converted from the torch module (PT2E), so it goes through ``export``.
-QUANTIZE_FROM_FP32 = ("onnx", "openvino")
+# those quantized from the torch module (PT2E: TFLite, ExecuTorch) go through ``export``.
+QUANTIZE_FROM_FP32 = tuple(r.format for r in RUNTIMES.values() if r.format and r.quantize and r.int8_from == "file")
+# Backends left out of the default set: other modes of torch, GPU-only and the runtimes a device must ask for.
+NOT_BY_DEFAULT = ("compile", "cudagraphs", "tensorrt")
 # (family, width) -> (library, model name): the peers' own implementations of the same architecture.
 PEERS = {
     ("mobilenet_v1", 1.0): ("timm", "mobilenetv1_100"),
@@ -173,16 +185,27 @@ def runtime_versions() -> dict[str, str | None]:
     return available_backends()
 
 
-def installed_backends(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """(usable backends, notes about requested ones that are not installed)."""
+GPU_BACKENDS = ("torch", "compile", "cudagraphs", "onnxruntime", "tensorrt")  # what --device cuda runs
+
+
+def installed_backends(requested: Sequence[str] | None, device: str = "cpu") -> tuple[list[str], list[str]]:
+    """(usable backends, notes about requested ones that are not installed or do not run on ``device``)."""
+    if device != "cpu":
+        gpu = [b for b in (requested or GPU_BACKENDS) if b in GPU_BACKENDS]
+        use, notes = installed_backends(gpu)
+        if requested is None:
+            use = [b for b in use if b != "compile"]
+            notes = []
+        return use, notes + [f"backend {b} runs on the CPU, not {device}" for b in (requested or ())
+                             if b not in GPU_BACKENDS]
     if requested is not None:
         unknown = [b for b in requested if b not in BACKENDS]
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}; known: {', '.join(BACKENDS)}")
     have = runtime_versions()
     if requested is None:
-        return [b for b in BACKENDS if have.get(b) and b != "compile"], []
-    missing = [f"backend {b} is not installed" for b in requested if not have.get(b)]
+        return [b for b in BACKENDS if have.get(b) and b not in NOT_BY_DEFAULT], []
+    missing = [f"backend {b}: {RUNTIMES[b].runs_here() or 'not installed'}" for b in requested if not have.get(b)]
     return [b for b in requested if have.get(b)], missing
 
 
@@ -200,9 +223,13 @@ def _config_identity(config: ModelConfig) -> str:
 
 
 def _file_identity(path: Path) -> str:
-    """An exported file's identity: the hash of its bytes (an OpenVINO IR's weights included)."""
+    """An exported file's identity: the hash of its bytes (the weights beside it, a package's files included)."""
     h = hashlib.sha256()
-    for p in (path, path.with_suffix(".bin")) if path.suffix.lower() == ".xml" else (path,):
+    own = by_suffix(path.suffix)
+    parts = [path, *(path.with_suffix(s) for s in (own[0].companions if own else ()))]
+    if path.is_dir():
+        parts = sorted(f for f in path.rglob("*") if f.is_file())
+    for p in parts:
         if p.is_file():
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -211,11 +238,9 @@ def _file_identity(path: Path) -> str:
 
 
 def _size_bytes(path: Path | None) -> int | None:
-    if path is None or not path.is_file():
+    if path is None or not path.exists():
         return None
-    weights = path.with_suffix(".bin")
-    return path.stat().st_size + (weights.stat().st_size if path.suffix.lower() == ".xml" and weights.is_file()
-                                  else 0)
+    return file_size(path)
 
 
 @dataclass
@@ -283,7 +308,7 @@ def resolve_target(spec, resolution: int | None = None) -> Target:
         precision = meta.extra.get("precision", "fp32")
         return Target(label, _file_identity(resolved.path), int(res),
                       replace(meta.config, resolution=int(res)) if meta.config is not None and res else meta.config,
-                      path=resolved.path, precision=precision if precision in ("fp32", "bf16", "int8") else "fp32")
+                      path=resolved.path, precision=precision if precision in PRECISIONS else "fp32")
     model = resolved.model
     config = replace(model.config, resolution=resolution) if resolution else model.config
     target = Target(label, _config_identity(config), config.resolution, config, build=lambda: model)
@@ -312,12 +337,12 @@ class Bench:
     and ``select`` so that they read and write the same figures."""
 
     def __init__(self, *, threads: int = 1, batch: int = 1, cache: MeasurementCache | None = None,
-                 fresh: bool = False, progress: Progress | None = None):
+                 fresh: bool = False, progress: Progress | None = None, device: str = "cpu"):
         if threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")
         if batch < 1:
             raise UsageError(f"batch must be >= 1, got {batch}")
-        self.threads, self.batch = threads, batch
+        self.threads, self.batch, self.device = threads, batch, device
         self.cache = cache if cache is not None else MeasurementCache(fresh=fresh)
         if fresh:
             self.cache.fresh = True
@@ -348,7 +373,7 @@ class Bench:
     def peer_cell(self, target: Target, backend: str) -> Cell | None:
         """The peer of ``target`` on ``backend`` (fp32), if the peer library is installed."""
         found = PEERS.get((target.family, target.width)) if target.config is not None else None
-        if found is None or backend not in ("torch", "compile", "onnxruntime", "openvino", "litert"):
+        if found is None or not (backend in TORCH_BACKENDS or self._peer_converter(backend)):
             return None
         lib, name = found
         version = _version(lib)
@@ -362,6 +387,8 @@ class Bench:
                "backend": cell.backend, "runtime": runtime_versions().get(cell.backend), "torch": torch.__version__,
                "threads": self.threads, "batch": self.batch, "resolution": cell.target.resolution,
                "precision": cell.precision}
+        if self.device != "cpu":
+            key["device"] = latency.device_name(self.device)
         if cell.backend == "litert" and not cell.target.is_file:
             key["converter"] = _version("litert-torch")
         return key
@@ -417,17 +444,21 @@ class Bench:
         target = cell.target
         if cell.peer is not None:
             return self._peer_session(cell)
+        kw = dict(threads=self.threads, precision=cell.precision, device=self.device)
         if target.is_file:
-            return open_session(target.path, cell.backend, threads=self.threads, precision=cell.precision)
-        if cell.backend in ("torch", "compile"):
-            return open_session(target.model(), cell.backend, threads=self.threads, precision=cell.precision)
-        return open_session(self.export_file(cell), cell.backend, threads=self.threads, precision=cell.precision)
+            return open_session(target.path, cell.backend, **kw)
+        if cell.backend in TORCH_BACKENDS:
+            return open_session(target.model(), cell.backend, **kw)
+        why = RUNTIMES[cell.backend].runs_here()
+        if why:
+            raise UsageError(why)
+        return open_session(self.export_file(cell), cell.backend, **kw)
 
     def export_dir(self, cell: Cell) -> Path:
         """Where the cached export of a cell lives (TFLite files take NHWC input, LiteRT's own layout)."""
         fmt = EXPORT_FORMAT[cell.backend]
         return (export_cache() / f"{cell.target.identity.replace(':', '-')}-r{cell.target.resolution}"
-                / (f"{fmt}-{cell.precision}-b{self.batch}" + ("-nhwc" if fmt == "tflite" else "")))
+                / (f"{fmt}-{cell.precision}-b{self.batch}" + ("-nhwc" if by_format(fmt).nhwc else "")))
 
     def has_export(self, cell: Cell) -> bool:
         """Whether ``cell``'s export is in the export cache already."""
@@ -447,11 +478,11 @@ class Bench:
         kwargs: dict = {}
         if cell.precision == "int8":
             kwargs.update(int8=True, calib=self.calibration(cell))
-        elif cell.precision == "bf16":
-            kwargs.update(precision="bf16")
+        elif cell.precision != "fp32" and cell.precision in by_format(fmt).export_precisions:
+            kwargs.update(precision=cell.precision)  # else an fp32 file, run at the session's precision
         with warnings.catch_warnings():  # converters warn about their own internals (forks, deprecations)
             warnings.simplefilter("ignore")
-            result = export(cell.target.model(), fmt, out_dir, batch=self.batch, nhwc=fmt == "tflite", verify=False,
+            result = export(cell.target.model(), fmt, out_dir, batch=self.batch, nhwc=by_format(fmt).nhwc, verify=False,
                             resolution=cell.target.resolution, **kwargs)
         return Path(result.path)
 
@@ -486,8 +517,8 @@ class Bench:
             quantize_file(fmt, src, tmp, self.calibration(cell))
             write_sidecar(tmp, meta)
             dst = out_dir / tmp.name
-            if fmt == "openvino":
-                publish(tmp.with_suffix(".bin"), dst.with_suffix(".bin"))
+            for companion in by_format(fmt).companions:
+                publish(tmp.with_suffix(companion), dst.with_suffix(companion))
             publish(sidecar_of(tmp), sidecar_of(dst))
             publish(tmp, dst)
         return dst
@@ -498,41 +529,42 @@ class Bench:
             self._peers[key] = peer_module(*key)
         return self._peers[key]
 
+    @staticmethod
+    def _peer_converter(backend: str):
+        """How a peer's users make a file for ``backend``: its runtime's own way (``Runtime.peer_convert``),
+        or the ONNX file a runtime of ONNX files opens (openvino, tensorrt)."""
+        runtime = RUNTIMES[backend]
+        if runtime.peer_convert is not None:
+            return runtime.peer_convert, runtime.suffix
+        if ".onnx" in runtime.opens:
+            return peer_onnx, ".onnx"
+        return None
+
     def _peer_session(self, cell: Cell):
         """A peer on ``cell.backend``: eager/compiled as is, or exported the way its users export it
-        (plain ``torch.onnx.export`` for ONNX Runtime and OpenVINO, ``litert_torch.convert`` for LiteRT)."""
+        (``Runtime.peer_convert``: plain ``torch.onnx.export``, ``litert_torch.convert``, ExecuTorch's
+        XNNPACK tutorial), cached by the peer's identity."""
         found = self.peer(cell.target)
         if found is None:
             raise UsageError(f"{cell.peer} is not available")
         _, name, module = found
-        if cell.backend in ("torch", "compile"):
-            return open_session(module, cell.backend, threads=self.threads, precision="fp32")
+        kw = dict(threads=self.threads, precision="fp32", device=self.device)
+        if cell.backend in TORCH_BACKENDS:
+            return open_session(module, cell.backend, **kw)
+        convert, suffix = self._peer_converter(cell.backend)
         res = cell.target.resolution
         example = torch.randn(self.batch, 3, res, res)
         base = export_cache() / cell.identity.replace(":", "-").replace("@", "-") / f"r{res}-b{self.batch}"
-        if cell.backend == "litert":  # the LiteRT user's path: litert-torch straight from the module
-            path = base / "model.tflite"
-            if not path.is_file():
-                import litert_torch
-                with atomic_path(path) as tmp, warnings.catch_warnings(), \
-                        contextlib.redirect_stdout(io.StringIO()):  # its progress log
-                    warnings.simplefilter("ignore")
-                    litert_torch.convert(module, (example,)).export(str(tmp))
-            return open_session(path, cell.backend, threads=self.threads, precision="fp32")
-        path = base / "model.onnx"
+        path = base / f"model{suffix}"
         if not path.is_file():
-            with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            with atomic_path(path) as tmp, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module, example, tmp, opset_version=17, dynamo=False, input_names=["input"],
-                                  output_names=["logits"])
-        return open_session(path, cell.backend, threads=self.threads, precision="fp32")
+                convert(module, example, tmp)
+        return open_session(path, cell.backend, **kw)
 
     def peer_params(self, cell: Cell) -> int | None:
         found = self.peer(cell.target)
         return sum(p.numel() for p in found[2].parameters()) if found else None
-
-
-EXPORT_SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 
 
 def _cached_file(out_dir: Path, fmt: str) -> Path | None:
@@ -566,21 +598,22 @@ def check_settings(*, threads: int = 1, batch: int = 1, iters: int = 1, warmup: 
             raise UsageError(f"{what} must be >= 1, got {n}")
     if warmup < 0:
         raise UsageError(f"warmup must be >= 0, got {warmup}")
-    bad = [p for p in precisions if p not in ("fp32", "bf16", "int8")]
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16", "int8")]
     if bad:
-        raise UsageError(f"unknown precision {bad[0]!r}; known: fp32, bf16, int8")
+        raise UsageError(f"unknown precision {bad[0]!r}; known: fp32, bf16, fp16, int8")
 
 
 def bench(models: Sequence, *, backends: Sequence[str] | None = None, precisions: Sequence[str] = ("fp32",),
           threads: int = 1, batch: int = 1, resolution: int | None = None, warmup: int = 50, iters: int = 1000,
           rounds: int = 10, peers: bool = False, fresh: bool = False, cache: MeasurementCache | None = None,
-          progress: Progress | None = None) -> BenchReport:
+          progress: Progress | None = None, device: str = "cpu") -> BenchReport:
     """Time every (target, backend, precision) cell, peers included when asked; see the module doc.
     Cells found in the measurement cache (with at least ``iters`` runs) are read back, not timed."""
     if not models:
         raise UsageError("name at least one model (see `mobilenets list`)")
     check_settings(threads=threads, batch=batch, iters=iters, warmup=warmup, precisions=precisions)
-    use, skipped = installed_backends(backends)
+    device = str(resolve_device(device or "cpu"))
+    use, skipped = installed_backends(backends, device)
     if not use:
         raise UsageError("none of the requested backends is installed: " + "; ".join(skipped))
     targets = [resolve_target(m, resolution) for m in models]
@@ -588,14 +621,14 @@ def bench(models: Sequence, *, backends: Sequence[str] | None = None, precisions
     if "bf16" in precisions and not cpu_has_bf16():
         skipped.append("bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16)")
         precisions = [p for p in precisions if p != "bf16"]
-    b = Bench(threads=threads, batch=batch, cache=cache, fresh=fresh, progress=progress)
+    b = Bench(threads=threads, batch=batch, cache=cache, fresh=fresh, progress=progress, device=device)
     cells = plan(targets, use, precisions, peers=peers, explicit_backends=backends is not None, bench=b,
                  skipped=skipped)
     rows = measure_interleaved(b, cells, warmup=warmup, iters=iters, rounds=rounds, skipped=skipped)
     report = BenchReport(rows, latency.machine_info(),
                          dict(models=[t.label for t in targets], backends=use, precisions=precisions, threads=threads,
                               batch=batch, resolution=resolution, warmup=warmup, iters=iters, rounds=rounds,
-                              peers=peers, fresh=fresh, gemm_gflops=b.gemm_flops() / 1e9),
+                              peers=peers, fresh=fresh, gemm_gflops=b.gemm_flops() / 1e9, device=device),
                          skipped=skipped)
     for r in rows:
         if r.timing.noisy and not r.cached:

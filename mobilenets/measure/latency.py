@@ -121,13 +121,21 @@ def clock_ghz() -> float | None:
 def library_versions() -> dict[str, str]:
     """Installed versions of every library a latency figure depends on."""
     versions = {}
-    for dist in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
-                 "litert-torch", "numpy"):
+    for dist in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
+                 "ai-edge-litert", "litert-torch", "executorch", "ncnn", "pnnx", "MNN", "coremltools", "numpy"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def device_name(device: str) -> str:
+    """What a figure on ``device`` was measured on: "cpu", or the CUDA GPU's name."""
+    if not str(device).startswith("cuda"):
+        return "cpu"
+    import torch
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def machine_info() -> dict:

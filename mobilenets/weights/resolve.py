@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from ..core.errors import UsageError
+from ..core.files import PACKAGE_SUFFIXES
 from ..core.preprocessing import Preprocessing, default_preprocessing
 from ..models.meta import CheckpointMeta
 from ..models.network import MobileNet, ModelConfig, unwrap
@@ -24,8 +25,9 @@ from ..models.registry import get_variant
 from .io import from_weights, is_ours, load_checkpoint, read_weights
 from .pretrained import create_model
 
-# Files that run in their own runtime (deploy.runtimes); the sidecar says how to feed them.
-EXPORT_SUFFIXES = frozenset({".onnx", ".xml", ".tflite"})
+# Files that run in their own runtime (deploy.runtimes: each runtime's suffix; a test keeps the two equal);
+# the sidecar says how to feed them. A Core ML .mlpackage is a folder.
+EXPORT_SUFFIXES = frozenset({".onnx", ".xml", ".tflite", ".pte", ".param", ".mnn", ".mlpackage"})
 CHECKPOINT_SUFFIXES = frozenset({".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".h5"})
 RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors")
 
@@ -148,7 +150,7 @@ def resolve_model(target, weights: str | os.PathLike | None = None, *, pretraine
     if weights is not None and is_export(weights):
         target, text, weights = weights, os.fspath(weights), None
     path = Path(text).expanduser()
-    if path.is_dir():
+    if path.is_dir() and path.suffix.lower() not in PACKAGE_SUFFIXES:
         if weights is not None:
             raise UsageError(f"{path} is a folder; give either a run directory or a model name with --weights")
         for candidate in RUN_CHECKPOINTS:
@@ -157,7 +159,7 @@ def resolve_model(target, weights: str | os.PathLike | None = None, *, pretraine
                 return _module(model, "run", path / candidate)
         raise UsageError(f"{path} is a folder without {' or '.join(RUN_CHECKPOINTS)} (not a training run directory)")
     if is_export(path):
-        if not path.is_file():
+        if not (path.is_file() or (path.is_dir() and path.suffix.lower() in PACKAGE_SUFFIXES)):
             raise UsageError(f"no such model file: {path}")
         return Resolved("export", sidecar_meta(path), None, path)
     if weights is None and _looks_like_path(text):
