@@ -20,6 +20,7 @@ from rich.table import Table
 from ..core.errors import UsageError
 from ..core.files import check_parent
 from ..deploy.runtimes import BACKENDS
+from ..measure import latency
 from ..measure.bench import bench, check_output
 from ..measure.choose import PROBE, Selection, ZooReport, plot, select, write_json, zoo_report
 from ..models import match_models
@@ -104,7 +105,9 @@ def bench_cmd(
 
 def _print_bench(report) -> None:
     m, s = report.machine, report.settings
-    table = Table(title=f"latency on {m['cpu']} ({m['cores']} cores), {s['threads']} thread(s), batch {s['batch']}")
+    where = (f"{m['cpu']} ({m['cores']} cores), {s['threads']} thread(s)" if s.get("device", "cpu") == "cpu"
+             else latency.device_name(s["device"]))
+    table = Table(title=f"latency on {where}, batch {s['batch']}")
     cols = ["model", "impl", "backend", "prec", "median ms", "mean", "p90", "spread", "vs best peer", "GEMM floor ms",
             "measured"]
     if s["batch"] > 1:

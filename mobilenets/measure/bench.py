@@ -364,6 +364,9 @@ class Bench:
         return self._flops
 
     def floor_ms(self, macs: int | None) -> float | None:
+        """The CPU GEMM floor (None on a GPU: the CPU's GEMM rate says nothing of it)."""
+        if self.device != "cpu":
+            return None
         return latency.gemm_floor_ms(macs, self.gemm_flops(), self.threads)
 
     # -- cells ----------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ autocast; CUDA graphs capture one graph per input shape and replay it.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -42,7 +44,8 @@ class TorchSession(Session):
         self.device = str(self.torch_device)
         check_mode(backend, self.torch_device, self.precision)
         torch.set_num_threads(self.threads)
-        self.model = model.eval().to(self.torch_device)
+        # a copy on another device: the caller's module stays where it is (profiling, other sessions use it)
+        self.model = (model if self.torch_device.type == "cpu" else copy.deepcopy(model)).eval().to(self.torch_device)
         self._fn = torch.compile(self.model) if backend == "compile" else self.model
         self._graphs: dict[tuple, tuple] = {}
         config = getattr(unwrap(model), "config", None)
@@ -51,7 +54,9 @@ class TorchSession(Session):
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        return torch.autocast(self.torch_device.type, dtype or torch.float32, enabled=dtype is not None)
+        # no cast cache under CUDA graphs: a capture must not keep tensors cast outside it
+        return torch.autocast(self.torch_device.type, dtype or torch.float32, enabled=dtype is not None,
+                              cache_enabled=self.backend != "cudagraphs")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x)
