@@ -546,14 +546,14 @@ def test_select_keeps_the_fastest_runtime_when_it_is_clearly_faster(fake_grid):
 
 @pytest.mark.parametrize("args, pattern", [
     (["bench", "mobilenet_v9"], "unknown model"),
-    (["bench", "mobilenet_v2", "--backend", "tensorrt"], "unknown backend"),
+    (["bench", "mobilenet_v2", "--backend", "caffe2"], "unknown backend"),
     (["bench", "mobilenet_v2", "--iters", "0"], "iters must be >= 1"),
     (["bench", "mobilenet_v2", "--precision", "fp8"], "unknown precision"),
     (["bench", "no/such/model.onnx"], "no such model file"),
     (["bench", "mobilenet_v2", "-o", "report.txt"], "use a .json or .csv suffix"),
     (["select", "--budget-ms", "0"], "must be > 0"),
     (["select", "--budget-ms", "5", "--max-params", "many"], "not a count"),
-    (["select", "--budget-ms", "5", "--backend", "tensorrt"], "unknown backend"),
+    (["select", "--budget-ms", "5", "--backend", "caffe2"], "unknown backend"),
     (["select", "--budget-ms", "5", "--plot", "frontier.jpg"], "use a .png suffix"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, pattern):
