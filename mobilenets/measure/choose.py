@@ -50,6 +50,7 @@ from pathlib import Path
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
 from ..core.hardware import cpu_has_bf16
+from ..deploy.runtimes import RUNTIMES
 from ..models import VARIANTS, Variant, get_variant
 from . import latency
 from .bench import (
@@ -86,12 +87,14 @@ INT8_REACH = 4.0               # int8 is at most 4x faster than fp32
 INT8_SLACK = 1.25              # once a family's int8 speed-up is measured: at most 1.25 x that
 # Runtimes left out of the default search of a precision because their conversion is slow, unless the
 # probe's figure or export is cached already (then it competes at no cost) or ``--backend`` names them.
-SLOW = {"int8": {"litert": "its PT2E conversion takes tens of seconds a model"}}
+SLOW_EXPORT = 10.0  # runtimes whose exports cost this much (Runtime.export_cost) are searched only when asked
+SLOW = {p: {b: "its conversion takes tens of seconds a model" for b, r in RUNTIMES.items()
+            if r.export_cost.get(p, 1.0) >= SLOW_EXPORT} for p in ("fp32", "int8")}
 # What a timing export costs on each runtime, relative to an ONNX export (torch times the module: no export).
 # A precision is searched on a runtime with cheaper exports when its time on the probe is within
 # EXPORT_TOLERANCE of the fastest runtime's; a note says so (``--backend`` searches on the fastest).
-EXPORT_COST = {"fp32": {"torch": 0.0, "onnxruntime": 1.0, "openvino": 1.0, "litert": 3.0},
-               "int8": {"onnxruntime": 1.0, "openvino": 1.0, "litert": 10.0}}
+EXPORT_COST = {p: {b: r.export_cost.get(p, 1.0) for b, r in RUNTIMES.items() if p in r.precisions}
+               for p in ("fp32", "int8")}
 EXPORT_TOLERANCE = 0.05
 ADAPTIVE = dict(warmup=3, min_runs=10, max_runs=100, precision=0.03, max_seconds=1.0)
 

@@ -58,7 +58,9 @@ class Runtime:
     runs_here: Callable[[], str | None] = lambda: None  # why its files cannot run on this machine, else None
     inspect: Callable[[Path], dict] | None = None
     peer_convert: Callable | None = None
-    notes: dict = field(default_factory=dict)
+    # what a timing export costs, relative to an ONNX export (torch: 0, it times the module), by precision;
+    # the zoo and select search on cheap runtimes first and leave out those at SLOW_EXPORT or more
+    export_cost: dict = field(default_factory=lambda: {"fp32": 1.0, "int8": 1.0})
 
     @property
     def files(self) -> tuple[str, ...]:

@@ -169,4 +169,5 @@ RUNTIME = Runtime(backend="executorch", module="executorch.runtime", package="ex
                   format="executorch", suffix=".pte", precisions=("fp32", "int8"),
                   export_precisions=("fp32", "int8"), dynamic_batch=False, convert=to_pte,
                   quantize=quantize_pte, quantizer=(("torchao.quantization.pt2e", "torchao"),), int8_from="module",
-                  session=ExecuTorchSession, peer_convert=peer_pte)
+                  session=ExecuTorchSession, peer_convert=peer_pte,
+                  export_cost={"fp32": 3.0, "int8": 10.0})  # XNNPACK lowering (PT2E for int8): tens of seconds

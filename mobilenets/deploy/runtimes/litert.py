@@ -167,4 +167,5 @@ RUNTIME = Runtime(backend="litert", module="ai_edge_litert.interpreter", package
                   format="tflite", suffix=".tflite", precisions=("fp32", "int8"), export_precisions=("fp32", "int8"),
                   dynamic_batch=False, nhwc=True, convert=to_tflite, converter=(("litert_torch", "litert-torch"),),
                   quantize=quantize_tflite, quantizer=(("torchao.quantization.pt2e", "torchao"),), int8_from="module",
-                  session=LiteRTSession, peer_convert=peer_tflite)
+                  session=LiteRTSession, peer_convert=peer_tflite,
+                  export_cost={"fp32": 3.0, "int8": 10.0})  # PT2E conversion: tens of seconds a model

@@ -89,7 +89,8 @@ class TorchSession(Session):
         return graph, static_in, static_out
 
 
-EAGER = Runtime(backend="torch", module="torch", package="torch", precisions=("fp32", "bf16", "fp16"))
-COMPILE = Runtime(backend="compile", module="torch", package="torch", precisions=("fp32", "bf16", "fp16"))
-CUDAGRAPHS = Runtime(backend="cudagraphs", module="torch", package="torch", precisions=("fp32", "bf16", "fp16"),
+_MODE = dict(module="torch", package="torch", precisions=("fp32", "bf16", "fp16"), export_cost={"fp32": 0.0})
+EAGER = Runtime(backend="torch", **_MODE)
+COMPILE = Runtime(backend="compile", **_MODE)
+CUDAGRAPHS = Runtime(backend="cudagraphs", **_MODE,
                      runs_here=lambda: None if torch.cuda.is_available() else "CUDA graphs need a CUDA GPU")
