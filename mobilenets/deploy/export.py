@@ -50,7 +50,7 @@ from .common import (
     write_sidecar,
 )
 from .graph import deploy_module
-from .quantize import compare, quantize_file
+from .quantize import compare, file_size, quantize_file
 from .runtimes import FORMATS, RUNTIMES, Runtime, by_format, open_session
 
 INT8_FORMATS = ("qdq", "qoperator")
@@ -77,7 +77,8 @@ class ExportResult:
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files if f.exists())
+        """Bytes on disk of the exported file(s), a package folder's content included."""
+        return sum(file_size(f) if f.is_dir() else f.stat().st_size for f in self.files if f.exists())
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
