@@ -58,6 +58,8 @@ def test_coreml_is_checked_not_run_on_linux(tmp_path):
     assert r.verification["input"]["name"] == "input" and r.verification["output"]["name"] == "logits"
     with pytest.raises(UsageError, match="macOS"):
         open_session(r.path)
+    q = export(trained_like(res=32), "coreml", tmp_path.parent / f"{tmp_path.name}-q", int8=True)  # no images
+    assert q.verification["int8"] and q.size_bytes < r.size_bytes
     again = export(trained_like(res=32), "coreml", r.path)  # a package folder is replaced whole
     assert again.path == r.path and sorted(p.name for p in tmp_path.iterdir()) == sorted([r.path.name,
                                                                                            r.sidecar.name])

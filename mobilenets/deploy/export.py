@@ -146,7 +146,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
                          f"or a training run directory")
     net = resolved.model
     learned = precision == "int8" and net.qat_state is not None  # a QAT checkpoint: int8 with its learned ranges
-    if precision == "int8" and calib is None and not learned:
+    if precision == "int8" and calib is None and not learned and runtime.int8_calibrates:
         raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
     if learned and (qat_epochs or max_drop is not None or nhwc):
         raise UsageError(f"{resolved.path.name} is a quantization-aware checkpoint: its int8 export is its trained "
@@ -202,7 +202,8 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         elif precision == "int8":
             final = work / f"int8{suffix}"
             with steps("calibrate and quantize"):
-                quantize_file(fmt, fp32_file, final, calib_set.images, nhwc=nhwc, module=deploy, example=example,
+                images = calib_set.images if calib_set is not None else None  # None: weights-only int8
+                quantize_file(fmt, fp32_file, final, images, nhwc=nhwc, module=deploy, example=example,
                               int8_format=int8_format)
 
         meta = export_meta(net, meta=resolved.meta, fmt=fmt, backend=backend, precision=precision, resolution=res,

@@ -33,7 +33,8 @@ def quantize_file(fmt: str, src: Path, dst: Path, calib: np.ndarray, *, nhwc: bo
         raise UsageError(f"no int8 path for {fmt}: {runtime.int8_note or 'its runtime has no quantizer'}")
     if runtime.int8_from == "module" and module is None:
         raise UsageError(f"{fmt} int8 is quantized from the torch module: pass module and example")
-    return runtime.quantize(src, dst, to_layout(calib, nhwc), module=module, example=example, **options)
+    images = to_layout(calib, nhwc) if calib is not None else None
+    return runtime.quantize(src, dst, images, module=module, example=example, **options)
 
 
 # ------------------------------------------------------------------------------------------

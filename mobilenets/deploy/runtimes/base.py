@@ -53,6 +53,7 @@ class Runtime:
     quantize: Callable | None = None
     quantizer: tuple[tuple[str, str], ...] = ()     # (module, pip package) its int8 also needs
     int8_from: str = "file"                         # "file": quantized from the fp32 file; "module": from torch
+    int8_calibrates: bool = True                    # False: weights-only int8, no calibration images
     int8_note: str = ""                             # why int8 is unavailable, when it is
     session: Callable[..., Session] | None = None
     runs_here: Callable[[], str | None] = lambda: None  # why its files cannot run on this machine, else None

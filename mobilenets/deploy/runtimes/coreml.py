@@ -271,5 +271,6 @@ class CoreMLSession(Session):
 
 RUNTIME = Runtime(backend="coreml", module="coremltools", package="coremltools", dist="coremltools", format="coreml",
                   suffix=".mlpackage", precisions=("fp32", "fp16", "int8"), export_precisions=("fp32", "fp16", "int8"),
-                  dynamic_batch=False, convert=to_coreml, quantize=quantize_coreml, int8_from="file",
+                  dynamic_batch=False, convert=to_coreml, quantize=quantize_coreml,
+                  int8_from="file", int8_calibrates=False,
                   session=CoreMLSession, runs_here=runs_here, inspect=inspect_coreml)
