@@ -187,3 +187,22 @@ def test_executorch_delegates_every_operator_and_refuses_a_split_graph(tmp_path)
     with pytest.raises(ExportError, match="does not run the whole network.*operators left out: "):
         write_program(torch.export.export(d, (x,)), tmp_path / "m.pte")
     assert not (tmp_path / "m.pte").exists()
+
+
+@needs["ncnn"]
+def test_predict_on_another_backend_converts_the_model_first(tmp_path):
+    from PIL import Image
+
+    from mobilenets.predict import predict
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    model = trained_like(res=32)
+    own = predict(model, tmp_path, top=3, device="cpu")
+    got = predict(model, tmp_path, top=3, backend="ncnn")
+    assert got.model == "ncnn" and len(got.predictions) == 3
+    for a, b in zip(own.predictions, got.predictions, strict=True):
+        assert [t.index for t in a.top] == [t.index for t in b.top]
+        assert np.allclose([t.prob for t in a.top], [t.prob for t in b.top], atol=1e-4)
+    with pytest.raises(UsageError, match="add --device cuda|no CUDA GPU"):
+        predict(model, tmp_path, backend="cudagraphs", device="cpu")
