@@ -20,7 +20,7 @@ from mobilenets.cli import app
 from mobilenets.core.errors import UsageError
 from mobilenets.deploy.export import VerificationError, export
 from mobilenets.deploy.graph import deploy_module
-from mobilenets.deploy.runtimes import available_backends, open_session
+from mobilenets.deploy.runtimes import available_backends, by_format, open_session
 
 export_mod = importlib.import_module("mobilenets.deploy.export")  # the package re-exports the function
 INSTALLED = available_backends()
@@ -53,8 +53,8 @@ def test_installed_runtimes_import(fmt):
         module = {"ai-edge-litert": "ai_edge_litert", "litert-torch": "litert_torch"}.get(dist, dist)
         module = {"executorch": "executorch.runtime"}.get(module, module)
         importlib.import_module(module)
-    backend = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
-    assert INSTALLED[backend] is not None, f"{backend} is installed but mobilenets cannot load it"
+    runtime = by_format(fmt)
+    assert runtime.version() is not None, f"{runtime.backend} is installed but mobilenets cannot load it"
 
 
 def trained_like(name="mobilenet_v3_small", width=0.5, res=64, **kw):
@@ -162,7 +162,7 @@ def test_failed_verification_leaves_nothing(model, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(fmt="coreml"), "unknown export format"),
+    (dict(fmt="caffe"), "unknown export format"),
     (dict(fmt="onnx", int8=True), "calibration data"),
     (dict(fmt="onnx", precision="bf16"), "openvino"),
     (dict(fmt="onnx", output="x.tflite"), "does not end in .onnx"),
@@ -189,7 +189,7 @@ def test_cli_export(model, tmp_path):
     assert info["verification"]["max_abs_diff"] <= 1e-4
     s = open_session(info["path"])
     assert s.class_names[9] == "c9"
-    bad = CliRunner().invoke(app, ["export", str(ckpt), "--format", "coreml"])
+    bad = CliRunner().invoke(app, ["export", str(ckpt), "--format", "caffe"])
     assert bad.exit_code == 2 and "unknown export format" in bad.output
     bad = CliRunner().invoke(app, ["export", str(ckpt), "--int8"])
     assert bad.exit_code == 2 and "calibration" in bad.output

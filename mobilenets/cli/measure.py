@@ -72,9 +72,9 @@ def bench_cmd(
     batch_size: options.BatchSize = 1,
     resolution: Annotated[int | None, typer.Option(help="input resolution (default: each variant's)")] = None,
     precision: Annotated[str, typer.Option(help="comma list of fp32,bf16,fp16,int8")] = "fp32",
-    device: Annotated[str, typer.Option("--device", help="cpu, or cuda[:N] for the torch backends (eager, "
-                                        "torch.compile, CUDA graphs) and ONNX Runtime's CUDA/TensorRT "
-                                        "providers")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, or cuda[:N]: "
+                                        "on CUDA the torch backends (eager, torch.compile, CUDA graphs) and "
+                                        "ONNX Runtime's CUDA/TensorRT providers are timed")] = "auto",
     warmup: Annotated[int, typer.Option(help="untimed runs per session")] = 50,
     iters: Annotated[int, typer.Option(help="timed runs per session")] = 1000,
     rounds: Annotated[int, typer.Option(help="interleaved rounds the timed runs are split into")] = 10,

@@ -615,7 +615,7 @@ def bench(models: Sequence, *, backends: Sequence[str] | None = None, precisions
     if not models:
         raise UsageError("name at least one model (see `mobilenets list`)")
     check_settings(threads=threads, batch=batch, iters=iters, warmup=warmup, precisions=precisions)
-    device = str(resolve_device(device or "cpu"))
+    device = str(resolve_device(device or "cpu"))  # "auto": CUDA when this machine has it
     use, skipped = installed_backends(backends, device)
     if not use:
         raise UsageError("none of the requested backends is installed: " + "; ".join(skipped))
