@@ -206,3 +206,13 @@ def test_predict_on_another_backend_converts_the_model_first(tmp_path):
         assert np.allclose([t.prob for t in a.top], [t.prob for t in b.top], atol=1e-4)
     with pytest.raises(UsageError, match="add --device cuda|no CUDA GPU"):
         predict(model, tmp_path, backend="cudagraphs", device="cpu")
+
+
+def test_probing_the_runtimes_prints_nothing():
+    """Importing a runtime to see whether it is installed must not leak its banners into our output
+    (ExecuTorch's CPU probe and torch's pytree warning come at import)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", "from mobilenets.deploy.runtimes import available_backends as a; a()"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stdout + done.stderr

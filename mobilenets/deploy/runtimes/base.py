@@ -84,7 +84,8 @@ class Runtime:
     def version(self) -> str | None:
         """The installed version, None when the runtime cannot be imported."""
         try:
-            importlib.import_module(self.module)
+            with quiet():  # some print banners or log lines when imported (ExecuTorch: its CPU probe)
+                importlib.import_module(self.module)
             return importlib.metadata.version(self.dist or self.package)
         except Exception:  # noqa: BLE001 - a broken install is "not available" too
             return None
