@@ -1,4 +1,4 @@
-"""Deployment: export (ONNX, OpenVINO IR, TFLite), int8 quantization, one Session over every runtime.
+"""Deployment: export for every runtime, int8 quantization, one Session over all of them.
 
     from mobilenets.deploy import export, open_session
     result = export(model, "onnx", "out/", int8=True, calib="calib_images/")
@@ -6,11 +6,12 @@
     logits = session.run(batch_nchw_float32)
 
 The modules, each importing only those before it: ``graph`` (the inference module, ONNX
-rewrites), ``calibration`` (images for calibration and checks), ``common`` (formats, errors,
-sidecar, progress, ``quiet``), ``convert`` (torch -> ONNX / OpenVINO / TFLite files),
-``runtimes`` (sessions), ``quantize`` (post-training int8), ``qat`` (quantization-aware
-fine-tuning), ``export`` (all of it, verified and installed atomically). Optional runtimes are
-imported only when used: a missing one is a ``UsageError`` naming its pip package.
+rewrites), ``calibration`` (images for calibration and checks), ``common`` (errors, sidecar,
+progress, ``quiet``), ``runtimes/`` (one module per runtime: its converter, int8, session and
+requirements, listed in one table with ``open_session``), ``quantize`` (int8 dispatch and
+report), ``accuracy`` (accuracy-controlled int8), ``qat`` (quantization-aware fine-tuning),
+``export`` (all of it, verified and installed atomically). Optional runtimes are imported only
+when used: a missing one is a ``UsageError`` naming its pip package.
 """
 from .common import ExportError, Steps, VerificationError
 from .export import FORMATS, ExportResult, export, qat_finetune
