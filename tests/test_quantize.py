@@ -26,32 +26,29 @@ from mobilenets.deploy.runtimes import open_session
 CLASSES = ("cat", "dog", "fox")
 
 
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    """Three class folders of smooth random images (what a photo looks like to a small net)."""
-    root = tmp_path_factory.mktemp("calib")
-    rng = np.random.default_rng(0)
+def _class_folders(root, seed: int, per_class: int):
+    """One folder per class of smooth random images with a per-class colour cast (what a photo looks
+    like to a small net); ``seed`` tells sets apart."""
+    rng = np.random.default_rng(seed)
     for c, name in enumerate(CLASSES):
         (root / name).mkdir()
-        for i in range(8):
-            small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-            small[..., c] = 255  # a per-class colour cast
-            Image.fromarray(small).resize((48, 48), Image.BILINEAR).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def val_dir(tmp_path_factory):
-    """Held-out images of the same classes (other seeds): what accuracy figures are measured on."""
-    root = tmp_path_factory.mktemp("val")
-    rng = np.random.default_rng(1)
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir()
-        for i in range(6):
+        for i in range(per_class):
             small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
             small[..., c] = 255
             Image.fromarray(small).resize((48, 48), Image.BILINEAR).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """Three class folders of 8 images each: the calibration images."""
+    return _class_folders(tmp_path_factory.mktemp("calib"), seed=0, per_class=8)
+
+
+@pytest.fixture(scope="module")
+def val_dir(tmp_path_factory):
+    """Held-out images of the same classes (another seed): what accuracy figures are measured on."""
+    return _class_folders(tmp_path_factory.mktemp("val"), seed=1, per_class=6)
 
 
 @pytest.fixture(scope="module")

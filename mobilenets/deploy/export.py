@@ -78,7 +78,7 @@ class ExportResult:
     @property
     def size_bytes(self) -> int:
         """Bytes on disk of the exported file(s), a package folder's content included."""
-        return sum(file_size(f) if f.is_dir() else f.stat().st_size for f in self.files if f.exists())
+        return file_size(self.path) if self.path.exists() else 0
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -207,8 +207,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
                               int8_format=int8_format)
 
         meta = export_meta(net, meta=resolved.meta, fmt=fmt, backend=backend, precision=precision, resolution=res,
-                           batch=batch,
-                           nhwc=nhwc, preprocessing=pre)
+                           batch=batch, nhwc=nhwc, preprocessing=pre)
         if precision == "int8" and fmt == "onnx":
             meta["int8_format"] = "qdq" if qat_epochs else int8_format
         # The sidecars go next to the work files too: sessions read the layout and precision from them.
@@ -216,9 +215,10 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
             write_sidecar(fp32_file, {**meta, "precision": "fp32"})
         write_sidecar(final, meta)
         verification: dict = {}
-        if verify and runtime.runs_here() is not None:  # Core ML on Linux: checked, not run
+        cannot_run = runtime.runs_here() if verify else None  # Core ML on Linux: checked, not run
+        if cannot_run:
             with steps("check (this machine cannot run it)"):
-                verification = {**runtime.inspect(final), "ran": False, "why": runtime.runs_here()}
+                verification = {**runtime.inspect(final), "ran": False, "why": cannot_run}
         elif verify:
             with steps("verify"):
                 checked = calib_set if val_set is None else val_set

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UsageError
-from .runtimes import by_format, by_suffix, interleaved_latency, open_session
+from .runtimes import by_format, files_of, interleaved_latency, open_session
 
 ONNX_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}  # ours -> onnxruntime's QuantFormat
 
@@ -69,10 +69,4 @@ def compare(fp32: str | os.PathLike, int8: str | os.PathLike, backend: str, data
 
 def file_size(path: Path) -> int:
     """Bytes of an export: its file(s) beside it (an IR's .bin, ncnn's .bin), or a package folder's content."""
-    path = Path(path)
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    runtimes = by_suffix(path.suffix)
-    extra = runtimes[0].companions if runtimes and runtimes[0].suffix == path.suffix.lower() else ()
-    return path.stat().st_size + sum(path.with_suffix(s).stat().st_size for s in extra
-                                     if path.with_suffix(s).is_file())
+    return sum(f.stat().st_size for f in files_of(path))

@@ -46,6 +46,7 @@ from ..deploy.runtimes import (
     available_backends,
     by_format,
     by_suffix,
+    files_of,
     open_session,
 )
 from ..deploy.runtimes.onnxruntime import peer_onnx
@@ -185,7 +186,7 @@ def runtime_versions() -> dict[str, str | None]:
     return available_backends()
 
 
-GPU_BACKENDS = ("torch", "compile", "cudagraphs", "onnxruntime", "tensorrt")  # what --device cuda runs
+GPU_BACKENDS = tuple(b for b, r in RUNTIMES.items() if "cuda" in r.devices)  # what --device cuda runs
 
 
 def installed_backends(requested: Sequence[str] | None, device: str = "cpu") -> tuple[list[str], list[str]]:
@@ -225,15 +226,10 @@ def _config_identity(config: ModelConfig) -> str:
 def _file_identity(path: Path) -> str:
     """An exported file's identity: the hash of its bytes (the weights beside it, a package's files included)."""
     h = hashlib.sha256()
-    own = by_suffix(path.suffix)
-    parts = [path, *(path.with_suffix(s) for s in (own[0].companions if own else ()))]
-    if path.is_dir():
-        parts = sorted(f for f in path.rglob("*") if f.is_file())
-    for p in parts:
-        if p.is_file():
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+    for p in files_of(path):
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return "file:" + h.hexdigest()[:16]
 
 

@@ -35,8 +35,8 @@ from . import pytorch as torch_runtime
 from .base import PRECISIONS, Runtime, Session
 
 __all__ = ["BACKENDS", "FORMATS", "PRECISIONS", "RUNTIMES", "Runtime", "Session", "available_backends",
-           "by_format", "by_suffix", "interleaved_latency", "interleaved_times", "open_session", "paired_ratio",
-           "require", "summarize"]
+           "by_format", "by_suffix", "files_of", "interleaved_latency", "interleaved_times", "open_session",
+           "paired_ratio", "require", "summarize"]
 
 RUNTIMES: dict[str, Runtime] = {r.backend: r for r in (
     torch_runtime.EAGER, torch_runtime.COMPILE, torch_runtime.CUDAGRAPHS,
@@ -60,6 +60,17 @@ def by_suffix(suffix: str) -> list[Runtime]:
     suffix = suffix.lower()
     own = [r for r in RUNTIMES.values() if r.suffix == suffix]
     return own + [r for r in RUNTIMES.values() if suffix in r.opens and r not in own]
+
+
+def files_of(path: str | os.PathLike) -> list[Path]:
+    """The files an export is made of: a package folder's files, else the file and the companions its
+    runtime writes beside it (an IR's or ncnn's ``.bin``) that exist."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(f for f in path.rglob("*") if f.is_file())
+    own = [r for r in RUNTIMES.values() if r.suffix == path.suffix.lower()]
+    beside = (path.with_suffix(s) for s in (own[0].companions if own else ()))
+    return [path, *(p for p in beside if p.is_file())]
 
 
 def require(backend: str):
@@ -133,7 +144,7 @@ def _file_session(path: Path, backend: str, *, threads: int, precision: str, met
     runtime.require()
     kw = dict(threads=threads, meta=meta)
     if device not in (None, "cpu"):
-        if backend not in ("onnxruntime", "tensorrt"):
+        if "cuda" not in runtime.devices:
             raise UsageError(f"{backend} runs on the CPU here; on a GPU, use the torch backends or onnxruntime")
         kw["device"] = device
     return runtime.session(path, precision=precision, **kw)

@@ -46,6 +46,7 @@ class Runtime:
     opens: tuple[str, ...] = ()                     # other suffixes its sessions run (openvino: ".onnx")
     precisions: tuple[str, ...] = ("fp32",)         # what its sessions run
     export_precisions: tuple[str, ...] = ("fp32",)  # what `export` writes for it
+    devices: tuple[str, ...] = ("cpu",)             # device types its sessions run on ("cpu", "cuda")
     dynamic_batch: bool = True                      # whether its files take any batch
     nhwc: bool = False                              # export NHWC input by default (TFLite)
     convert: Callable | None = None

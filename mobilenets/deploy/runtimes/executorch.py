@@ -23,9 +23,8 @@ from ..common import NO_STEPS, ExportError, Steps, first_line, quiet
 from ..graph import fold_hardsigmoid
 from .base import Runtime, Session, load_error
 
-# Nodes of a lowered graph that are not computation: the delegate call, its outputs' unpacking, and
-# the copy that fixes the output's memory format (dim order) after the delegate.
-_PLUMBING = ("executorch_call_delegate", "getitem")
+# Nodes of a lowered graph besides the delegate calls that are not computation: unpacking their outputs.
+_PLUMBING = ("getitem",)
 
 
 def _lower(program):

@@ -184,11 +184,13 @@ class TensorRTSession(OrtSession):
 
 
 RUNTIME = Runtime(backend="onnxruntime", module="onnxruntime", package="onnxruntime", format="onnx", suffix=".onnx",
+                  devices=("cpu", "cuda"),
                   precisions=("fp32", "int8"), export_precisions=("fp32", "int8"), convert=to_onnx,
                   converter=(("onnx", "onnx"), ("onnxscript", "onnxscript")), quantize=quantize_onnx,
                   quantizer=(("onnxruntime.quantization", "onnxruntime"),),
                   int8_from="file", session=OrtSession, peer_convert=peer_onnx)
 TENSORRT = Runtime(backend="tensorrt", module="onnxruntime", package="onnxruntime-gpu", opens=(".onnx",),
+                   devices=("cuda",),
                    precisions=("fp32", "int8"), session=TensorRTSession,
                    runs_here=lambda: None if "TensorrtExecutionProvider" in _available() else
                    "ONNX Runtime's TensorRT provider is not installed here (onnxruntime-gpu with TensorRT)")

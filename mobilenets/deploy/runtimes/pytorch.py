@@ -90,7 +90,7 @@ class TorchSession(Session):
 
 
 _MODE = dict(module="torch", package="torch", precisions=("fp32", "bf16", "fp16"), export_cost={"fp32": 0.0})
-EAGER = Runtime(backend="torch", **_MODE)
-COMPILE = Runtime(backend="compile", **_MODE)
-CUDAGRAPHS = Runtime(backend="cudagraphs", **_MODE,
+EAGER = Runtime(backend="torch", devices=("cpu", "cuda"), **_MODE)
+COMPILE = Runtime(backend="compile", devices=("cpu", "cuda"), **_MODE)
+CUDAGRAPHS = Runtime(backend="cudagraphs", devices=("cuda",), **_MODE,
                      runs_here=lambda: None if torch.cuda.is_available() else "CUDA graphs need a CUDA GPU")
