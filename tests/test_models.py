@@ -43,7 +43,7 @@ def test_cifar_stem_keeps_resolution_longer(family):
     assert plain.forward_features(x).shape[-1] == 1
     assert cifar.forward_features(x).shape[-1] == 8  # output stride 4: three stride-2 layers made stride 1
     assert create_model(family, cifar_stem=2).eval().forward_features(x).shape[-1] == 4
-    assert cifar.config.output_stride == 4
+    assert cifar.config.total_stride == 4
     # same weights: the stem option changes strides only
     assert [p.shape for p in plain.parameters()] == [p.shape for p in cifar.parameters()]
 

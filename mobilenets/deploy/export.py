@@ -152,8 +152,8 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         raise UsageError(f"{resolved.path.name} is a quantization-aware checkpoint: its int8 export is its trained "
                          f"graph with the ranges it learned (NCHW; no --qat-epochs, --max-drop or --nhwc)")
     res = int(resolution or net.config.resolution)
-    if res < net.config.output_stride:
-        raise UsageError(f"resolution {res} is too small for {net.config.family} (at least {net.config.output_stride})")
+    if res < net.config.total_stride:
+        raise UsageError(f"resolution {res} is too small for {net.config.family} (at least {net.config.total_stride})")
     pre = resolved.meta.preprocessing.at(res)
     out = _output_path(output, net, fmt, precision, res)
     chans = net.config.in_chans

@@ -59,11 +59,13 @@ class Conv2dSame(nn.Conv2d):
 
 
 def conv2d(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-           bias: bool = False, tf_same: bool = False) -> nn.Conv2d:
-    """A conv with PyTorch's symmetric padding, or TF "same" padding where they differ."""
+           bias: bool = False, tf_same: bool = False, dilation: int = 1) -> nn.Conv2d:
+    """A conv with PyTorch's symmetric padding, or TF "same" padding where they differ
+    (``dilation`` > 1: an atrous conv, as backbones at output stride 16 or 8 use)."""
     if tf_same and stride > 1:
-        return Conv2dSame(cin, cout, kernel, stride, padding=0, groups=groups, bias=bias)
-    return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
+        return Conv2dSame(cin, cout, kernel, stride, padding=0, groups=groups, bias=bias, dilation=dilation)
+    return nn.Conv2d(cin, cout, kernel, stride, padding=dilation * (kernel // 2), groups=groups, bias=bias,
+                     dilation=dilation)
 
 
 def is_depthwise(m: nn.Module) -> bool:
@@ -91,9 +93,9 @@ class ConvNormAct(nn.Sequential):
     """conv -> BatchNorm -> activation (``act=None``: linear, as in a projection)."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 act: str | None = "relu", bn_eps: float = 1e-5, tf_same: bool = False):
+                 act: str | None = "relu", bn_eps: float = 1e-5, tf_same: bool = False, dilation: int = 1):
         super().__init__(OrderedDict(
-            conv=conv2d(cin, cout, kernel, stride, groups, tf_same=tf_same),
+            conv=conv2d(cin, cout, kernel, stride, groups, tf_same=tf_same, dilation=dilation),
             bn=nn.BatchNorm2d(cout, eps=bn_eps),
             act=create_act(act),
         ))

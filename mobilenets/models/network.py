@@ -2,7 +2,10 @@
 
 ``ModelConfig`` is everything needed to rebuild a model; it travels with checkpoints and
 exports. Its ``expand_rule``/``head_rule``/``stem_scaled`` fields reproduce the small ways in
-which reference implementations round channels at widths other than 1.0.
+which reference implementations round channels at widths other than 1.0; ``output_stride``,
+``dilation_rule`` and ``reduced_tail`` shape it as a backbone (``models.backbone``).
+While the blocks are built, the network records ``feature_info``: the feature map at the end of
+each stride (channels, reduction, module), in timm's semantics.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import math
 import numbers
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -28,6 +31,19 @@ CIFAR_STEM_STRIDES = 3  # the PyTorch MobileNetV3 seed: stride 1 in the stem and
 # above every published variant (width <= 1.4, resolution <= 224), far below what breaks a machine.
 MAX_WIDTH = 4.0
 MAX_RESOLUTION = 4096
+OUTPUT_STRIDES = (8, 16, 32)
+DILATION_RULES = ("timm", "torchvision")
+
+
+class Placement(NamedTuple):
+    """Where one strided layer (the stem, a block) runs: its stride and dilation, and the input
+    pixels per output pixel after it (``reduction``); ``table_stride`` is the paper's stride;
+    ``skip``: whether a shortcut may join it (torchvision's rule gives none to a stride made dilation)."""
+    table_stride: int
+    stride: int
+    dilation: int
+    reduction: int
+    skip: bool = True
 
 
 @dataclass
@@ -45,6 +61,10 @@ class ModelConfig:
     stem_scaled: bool | None = None    # None: the family's default
     expand_rule: str = "ratio"         # V3: "ratio" (TF, Keras, timm) or "scale" (torchvision)
     head_rule: str = "keep_for_thin"   # "keep_for_thin" (TF, Keras, timm) or "scale" (torchvision V3)
+    output_stride: int = 32            # 16 or 8: the last strides become dilation (backbones)
+    dilation_rule: str = "timm"        # "timm" (and TF-slim): a stride made dilation dilates the layers after
+                                       # it; "torchvision" (dilated=True): that layer too
+    reduced_tail: bool = False         # V3: the last stage at half width (torchvision's detection backbones)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -58,9 +78,39 @@ class ModelConfig:
         return FAMILIES[self.family]
 
     @property
-    def output_stride(self) -> int:
-        strides = [2] + [r.stride for r in self.spec.rows]
-        return 2 ** max(sum(1 for s in strides if s == 2) - self.cifar_stem, 0)
+    def rows(self) -> tuple[Row, ...]:
+        """The family's table rows, with ``reduced_tail`` applied: from the last strided row on,
+        half the output channels, and half the expansion after that row (torchvision's rule)."""
+        rows = self.spec.rows
+        if not self.reduced_tail:
+            return rows
+        last = max(i for i, r in enumerate(rows) if r.stride == 2)
+        tail = tuple(replace(r, out=r.out // 2, exp=r.exp if i == 0 or r.exp is None else r.exp // 2)
+                     for i, r in enumerate(rows[last:]))
+        return rows[:last] + tail
+
+    @property
+    def layout(self) -> list[Placement]:
+        """The stem's and every block's placement, in order: ``cifar_stem`` makes the first strides 1,
+        ``output_stride`` turns the strides beyond it into dilation (by ``dilation_rule``)."""
+        table = [2] + [r.stride if i == 0 else 1 for r in self.rows for i in range(r.repeat)]
+        out, reduction, dilation, skipped = [], 1, 1, 0
+        for s in table:
+            stride, d, skip = s, dilation, s == 1
+            if s > 1 and skipped < self.cifar_stem:
+                stride, skipped, skip = 1, skipped + 1, True
+            elif s > 1 and reduction * s > self.output_stride:
+                stride, dilation = 1, dilation * s
+                torchvision = self.dilation_rule == "torchvision"
+                d, skip = (dilation, False) if torchvision else (d, True)
+            reduction *= stride
+            out.append(Placement(s, stride, d, reduction, skip))
+        return out
+
+    @property
+    def total_stride(self) -> int:
+        """Input pixels per pixel of the last feature map (32 for a plain MobileNet)."""
+        return self.layout[-1].reduction
 
     def validate(self) -> None:
         if self.family not in FAMILIES:
@@ -76,6 +126,12 @@ class ModelConfig:
             (0 < self.identity_mult <= 1, f"identity_mult must be in (0, 1], got {self.identity_mult}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.cifar_stem >= 0, f"cifar_stem must be >= 0, got {self.cifar_stem}"),
+            (self.output_stride in OUTPUT_STRIDES, f"output_stride must be one of "
+                                                   f"{', '.join(map(str, OUTPUT_STRIDES))}, got {self.output_stride!r}"),
+            (self.dilation_rule in DILATION_RULES, f"dilation_rule must be 'timm' or 'torchvision': "
+                                                   f"{self.dilation_rule!r}"),
+            (not self.reduced_tail or self.family.startswith("mobilenet_v3"),
+             f"reduced_tail is torchvision's option for MobileNetV3; {self.family} has none"),
             (self.expand_rule in ("ratio", "scale"), f"expand_rule must be 'ratio' or 'scale': {self.expand_rule!r}"),
             (self.head_rule in ("keep_for_thin", "scale"), f"head_rule must be 'keep_for_thin' or 'scale': "
                                                            f"{self.head_rule!r}"),
@@ -83,9 +139,9 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
-        if self.resolution < self.output_stride:
+        if self.resolution < self.total_stride:
             raise UsageError(f"resolution {self.resolution} is too small for {self.family}: its strides "
-                             f"need at least {self.output_stride} pixels")
+                             f"need at least {self.total_stride} pixels")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +172,7 @@ class MobileNet(nn.Module):
         spec, w = config.spec, config.width
         eps = config.bn_eps if config.bn_eps is not None else spec.bn_eps
         dropout = config.dropout if config.dropout is not None else spec.dropout
-        strides = _strides(config.cifar_stem)
+        layout = iter(config.layout)
         kw = dict(bn_eps=eps, tf_same=config.tf_same)
 
         def ch(c: float, keep_for_thin: bool = False) -> int:
@@ -127,15 +183,17 @@ class MobileNet(nn.Module):
 
         stem_scaled = spec.stem_scaled if config.stem_scaled is None else config.stem_scaled
         cin = ch(spec.stem) if stem_scaled else spec.stem
-        self.stem = ConvNormAct(config.in_chans, cin, 3, next(strides), act=spec.stem_act, **kw)
+        stem = next(layout)
+        self.stem = ConvNormAct(config.in_chans, cin, 3, stem.stride, act=spec.stem_act, **kw)
+        points = [("stem", cin, stem)]  # (module, channels, placement) of the stem and every block
 
         blocks, base_in = [], spec.stem
-        for row in spec.rows:
-            for i in range(row.repeat):
-                table_stride = row.stride if i == 0 else 1
-                stride = next(strides) if table_stride == 2 else 1
+        for row in config.rows:
+            for _ in range(row.repeat):
+                place = next(layout)
                 cout = ch(row.out, row.keep_for_thin)
-                blocks.append(self._block(row, cin, cout, base_in, table_stride, stride, i, kw))
+                blocks.append(self._block(row, cin, cout, base_in, place, kw))
+                points.append((f"blocks.{len(blocks) - 1}", cout, place))
                 cin, base_in = cout, row.out
         self.blocks = nn.Sequential(*blocks)
 
@@ -146,11 +204,15 @@ class MobileNet(nn.Module):
             cin = head
         else:
             self.head = nn.Identity()
+        if spec.head_in_features:
+            points.append(("head", cin, points[-1][2]._replace(table_stride=1)))
+        self.feature_info = _feature_info(points)
         self.num_features = cin
         self.pool = nn.AdaptiveAvgPool2d(1)
         if spec.pre_logits:
             keep = config.head_rule == "keep_for_thin" and w <= 1
-            hidden = spec.pre_logits if keep else make_divisible(spec.pre_logits * w)
+            pre_logits = spec.pre_logits // 2 if config.reduced_tail else spec.pre_logits
+            hidden = pre_logits if keep else make_divisible(pre_logits * w)
             self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(cin, hidden),
                                                         act=create_act(spec.pre_logits_act)))
             cin = hidden
@@ -161,9 +223,10 @@ class MobileNet(nn.Module):
         self.classifier = nn.Linear(cin, config.num_classes)
         _init_weights(self)
 
-    def _block(self, row: Row, cin: int, cout: int, base_in: int, table_stride: int, stride: int,
-               index: int, kw: dict) -> nn.Module:
+    def _block(self, row: Row, cin: int, cout: int, base_in: int, place: Placement, kw: dict) -> nn.Module:
         cfg = self.config
+        stride, table_stride = place.stride, place.table_stride
+        kw = dict(kw, dilation=place.dilation)
         if row.block == "ds":
             return DepthwiseSeparable(cin, cout, row.kernel, stride, act=row.act, **kw)
         if row.block == "ir":
@@ -172,7 +235,7 @@ class MobileNet(nn.Module):
             else:
                 ratio = row.t if row.t is not None else row.exp / base_in
                 mid = cin if ratio == 1 else make_divisible(cin * ratio) if row.exp is not None else round(cin * ratio)
-            return InvertedResidual(cin, mid, cout, row.kernel, stride, act=row.act, se=row.se, **kw)
+            return InvertedResidual(cin, mid, cout, row.kernel, stride, act=row.act, se=row.se, skip=place.skip, **kw)
         if row.block == "sg":
             # Layout rules of the official MobileNeXt code.
             hidden = cin // int(row.t)
@@ -205,12 +268,15 @@ class MobileNet(nn.Module):
         self.config = self.config.replace(num_classes=num_classes)
 
 
-def _strides(cifar_stem: int):
-    """Yield the stride of each stride-2 layer in order, the first ``cifar_stem`` made 1."""
-    n = 0
-    while True:
-        n += 1
-        yield 1 if n <= cifar_stem else 2
+def _feature_info(points: list[tuple[str, int, Placement]]) -> list[dict]:
+    """timm's feature points: the stem when the first block strides, every layer followed by a
+    strided one (by the paper's strides), and the last layer. One dict per point: ``num_chs``,
+    ``reduction``, ``module`` (its name in the network), ``stage`` (its index)."""
+    keep = [i for i in range(1, len(points)) if i + 1 == len(points) or points[i + 1][2].table_stride > 1]
+    if points[1][2].table_stride > 1:
+        keep.insert(0, 0)
+    return [dict(num_chs=points[i][1], reduction=points[i][2].reduction, module=points[i][0], stage=n)
+            for n, i in enumerate(keep)]
 
 
 def _init_weights(model: nn.Module) -> None:

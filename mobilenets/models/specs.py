@@ -39,6 +39,10 @@ class FamilySpec:
     pre_logits: int | None = None   # V3: a 1x1 conv (here Linear) with bias after pooling
     pre_logits_act: str = "hswish"
     rounding: str = "divisible"     # "divisible": make_divisible(c*w, 8); "floor": max(int(c*w), 8)
+    # Backbones: whether the head conv is the last feature map (V3's 1x1 conv is a stage of its
+    # own in timm and torchvision, its "cn" block); else the last block is (V2's 1280 conv is timm's
+    # ``conv_head``, outside ``features_only``).
+    head_in_features: bool = False
     bn_eps: float = 1e-5
     dropout: float = 0.2
 
@@ -127,7 +131,7 @@ def _v3(name: str, rows: tuple[Row, ...], pre_logits: int, minimal: bool) -> Fam
         name=name, paper="arXiv:1905.02244 Tables 1-2" + (" (minimalistic, TF-slim)" if minimal else ""),
         rows=rows, stem=16, stem_act=act, stem_scaled=False,
         head_ratio=6, head_act=act, pre_logits=pre_logits, pre_logits_act=act,
-        head_keep_for_thin=False, bn_eps=1e-3, dropout=0.2,
+        head_keep_for_thin=False, bn_eps=1e-3, dropout=0.2, head_in_features=True,
     )
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError
+from ..models.backbone import FeatureNet, features
 from ..models.layers import make_divisible
 from ..models.network import MobileNet, ModelConfig
 from ..models.registry import model_config
@@ -272,9 +273,11 @@ def match(ref: list[Entry], ours: list[Entry], what: str) -> dict[str, torch.Ten
 # --------------------------------------------------------------------------- the entry point
 
 def convert(reference, source: str, name: str, *, width: float | None = None, tf: bool | None = None,
-            **kwargs) -> MobileNet:
+            features_only: bool = False, out_indices=None, **kwargs) -> MobileNet | FeatureNet:
     """Our ``name`` carrying the weights of a reference implementation.
 
+    ``features_only``: the reference is a backbone (timm's ``features_only=True`` model, or its
+    state dict); the result is our ``FeatureNet`` at ``out_indices``.
     ``reference``: a torchvision or timm state dict or model (``source="torchvision"``/``"timm"``),
     or a Keras model (``source="keras"``). ``tf`` (timm): whether it is a ``tf_*`` port; read from a
     timm model's ``pretrained_cfg``, False for a bare state dict unless given. ``num_classes`` (and
@@ -297,12 +300,14 @@ def convert(reference, source: str, name: str, *, width: float | None = None, tf
     if not ref:
         raise UsageError(f"the {source} reference has no tensors")
     weights = [e for e in ref if e.kind in ("conv.weight", "linear.weight")]
-    if weights:
+    if weights and not features_only:
         kwargs.setdefault("num_classes", int(weights[-1].tensor.shape[0]))
         if weights[0].kind == "conv.weight":
             kwargs.setdefault("in_chans", int(weights[0].tensor.shape[1]))
     config = config_for(source, name, width, tf=tf, **kwargs)
     model = MobileNet(config)
+    if features_only:
+        model = features(model, out_indices)
     what = f"{source}{' (tf_*)' if tf else ''} weights -> {name} (width {config.width})"
     state = model.state_dict()
     state.update(match(ref, torch_entries(state), what))

@@ -3,10 +3,12 @@ timm, Keras) converted on load, and ``convert_file`` for ``mobilenets convert``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.preprocessing import default_preprocessing
+from ..models.backbone import FeatureNet, features
 from ..models.meta import CheckpointMeta
 from ..models.network import MobileNet, ModelConfig
 from ..models.registry import build_model, model_config
@@ -18,14 +20,21 @@ from .sources import FORMATS, WeightSource, find_source, sources_for
 
 
 def create_model(name: str, pretrained: bool | str | os.PathLike = False, width: float | None = None,
-                 num_classes: int = 1000, resolution: int | None = None, **kwargs) -> MobileNet:
+                 num_classes: int = 1000, resolution: int | None = None, *, features_only: bool = False,
+                 out_indices: Sequence[int] | None = None, **kwargs) -> MobileNet | FeatureNet:
     """Build a MobileNet by name, with weights when ``pretrained`` is given.
 
     ``create_model("mobilenet_v2", width=0.5, num_classes=10)``; ``create_model("mobilenet_v1_025_128")``.
     Other options: ``in_chans``, ``dropout``, ``cifar_stem``, ``tf_same``, ``bn_eps``,
-    ``identity_mult`` (MobileNeXt). ``pretrained``: True (the default source), a source name
-    or a path to a checkpoint.
+    ``identity_mult`` (MobileNeXt), ``output_stride`` (32, 16 or 8: dilation), ``reduced_tail`` (V3).
+    ``pretrained``: True (the default source), a source name or a path to a checkpoint.
+    ``features_only``: the backbone (``models.backbone.FeatureNet``) returning the feature maps at
+    ``out_indices`` (default: all five), with ``feature_info`` as in timm.
     """
+    if out_indices is not None and not features_only:
+        raise UsageError("out_indices chooses feature maps: pass features_only=True with it")
+    if features_only:
+        return features(create_model(name, pretrained, width, num_classes, resolution, **kwargs), out_indices)
     if not pretrained:
         model = build_model(name, width, num_classes, resolution, **kwargs)
         config = model.config
@@ -37,7 +46,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, width:
 
 
 # Options a user may set on top of pretrained weights: they change no tensor shape.
-_FREE_OPTIONS = ("resolution", "dropout", "cifar_stem")
+_FREE_OPTIONS = ("resolution", "dropout", "cifar_stem", "output_stride", "dilation_rule")
 
 
 def load_pretrained(name: str, config: ModelConfig, pretrained: bool | str | os.PathLike) -> MobileNet:
@@ -61,7 +70,21 @@ def load_pretrained(name: str, config: ModelConfig, pretrained: bool | str | os.
     if config.num_classes != model.config.num_classes and config.num_classes != 1000:
         model.reset_classifier(config.num_classes)
         model.checkpoint_meta.config, model.checkpoint_meta.class_names = model.config, None
-    return model.eval()
+    return _with_layout(model, config).eval()
+
+
+def _with_layout(model: MobileNet, config: ModelConfig) -> MobileNet:
+    """``model`` at the output stride asked for: dilation changes no tensor, so a checkpoint's
+    weights serve at every output stride."""
+    want = {"output_stride": config.output_stride, "dilation_rule": config.dilation_rule}
+    if all(getattr(model.config, k) == v for k, v in want.items()):
+        return model
+    rebuilt = MobileNet(model.config.replace(**want))
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.checkpoint_meta, rebuilt.qat_state = model.checkpoint_meta, model.qat_state
+    if rebuilt.checkpoint_meta is not None:
+        rebuilt.checkpoint_meta.config = rebuilt.config
+    return rebuilt
 
 
 def _is_path(pretrained) -> bool:
