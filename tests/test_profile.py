@@ -94,3 +94,27 @@ def test_mobilenext_thin_rows_documented_gap(name, max_macs_gap, max_params_gap)
     prof = profile(create_model(name))
     assert abs(prof.macs / 1e6 / v.macs_m - 1) <= max_macs_gap
     assert abs(prof.params / 1e6 / v.params_m - 1) <= max_params_gap
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenext"])
+def test_stages_sum_to_the_totals_and_follow_feature_info(name):
+    model = create_model(name)
+    prof = profile(model)
+    stages, after = prof.stages[:5], prof.stages[5:]
+    assert [s.channels for s in stages] == [d["num_chs"] for d in model.feature_info]
+    assert [s.reduction for s in stages] == [d["reduction"] for d in model.feature_info]
+    assert [s.output_shape[1:] for s in stages] == [(d["num_chs"], 224 // d["reduction"], 224 // d["reduction"])
+                                                     for d in model.feature_info]
+    assert sum(s.macs for s in prof.stages) == prof.macs
+    assert sum(s.params for s in prof.stages) == prof.params
+    assert len(after) == 1 and after[0].params > 0  # the classifier (and V2's 1280 conv)
+    assert max(s.memory for s in prof.stages) == prof.peak_memory
+
+
+def test_backbone_profile_at_output_stride_16_has_no_classifier():
+    plain = profile(create_model("mobilenet_v3_large", features_only=True))
+    dilated = profile(create_model("mobilenet_v3_large", features_only=True, output_stride=16))
+    assert len(dilated.stages) == 5 and dilated.stages[-1].reduction == 16
+    assert dilated.params == plain.params and dilated.macs > plain.macs
+    # same weights on 4x the pixels, except the first block's expansion, which ran at 14x14 already
+    assert 3 * plain.stages[-1].macs < dilated.stages[-1].macs < 4 * plain.stages[-1].macs

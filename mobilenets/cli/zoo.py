@@ -40,11 +40,14 @@ def profile_cmd(
     cifar_stem: bool = typer.Option(False, "--cifar-stem", help="stride 1 in the first layers (32x32 inputs)"),
     num_classes: int = typer.Option(1000, help="classifier outputs"),
     identity_mult: float = typer.Option(1.0, help="MobileNeXt identity tensor multiplier"),
+    features: bool = typer.Option(False, "--features", help="the backbone only (features_only: no classifier)"),
+    output_stride: int = typer.Option(32, help="backbone output stride: 16 or 8 turn the last strides into dilation"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
-    """Per-layer MACs, params and activation memory of one model, with totals."""
+    """Per-layer MACs, params and activation memory of one model, by stage and in total."""
     variant = get_variant(name)
-    kwargs = dict(cifar_stem=cifar_stem, num_classes=num_classes)
+    kwargs = dict(cifar_stem=cifar_stem, num_classes=num_classes, output_stride=output_stride,
+                  features_only=features)
     if identity_mult != 1.0:
         kwargs["identity_mult"] = identity_mult
     model = create_model(name, width=width, resolution=resolution, **kwargs)
@@ -52,21 +55,36 @@ def profile_cmd(
     if as_json:
         print(json.dumps(prof.to_dict(), indent=1))
         return
-    table = Table(title=f"{name} width {model.config.width:g} at {prof.resolution}x{prof.resolution}")
+    what = " backbone" if features else ""
+    table = Table(title=f"{name}{what} width {model.config.width:g} at {prof.resolution}x{prof.resolution}")
     for col in ("#", "layer", "type", "output", "MACs", "params", "act. memory"):
         table.add_column(col, justify="left" if col in ("layer", "type", "output") else "right")
     for i, lay in enumerate(prof.layers):
         table.add_row(str(i), lay.name, lay.type, "x".join(map(str, lay.output_shape[1:])), f"{lay.macs:,}",
                       f"{lay.params:,}", f"{lay.memory / 1024:,.0f} KiB")
     console.print(table)
+    console.print(_parts_table("stages (feature maps as timm's features_only gives them)", prof.stages))
+    whole = width is None and num_classes == 1000 and not features
     totals = Table(show_header=False, title="totals")
     totals.add_row("MACs", f"{prof.macs / 1e6:.1f} M", f"published {_m(variant.macs_m, 0)} M" if variant.macs_m
-                   and width is None and resolution in (None, variant.resolution) and num_classes == 1000 else "")
+                   and whole and resolution in (None, variant.resolution) and output_stride == 32 else "")
     totals.add_row("params", f"{prof.params / 1e6:.3f} M", f"published {_m(variant.params_m, 2)} M"
-                   if variant.params_m and width is None and num_classes == 1000 else "")
+                   if variant.params_m and whole else "")
     totals.add_row("peak activation memory", f"{prof.peak_memory / 2**20:.2f} MiB", "fp32, batch 1")
     totals.add_row("peak while a shortcut is held", f"{prof.shortcut_peak_memory / 2**20:.2f} MiB", "")
     console.print(totals)
+
+
+def _parts_table(title: str, parts) -> Table:
+    """Stages of a backbone or parts of a detector/segmenter: output, MACs, params, peak memory."""
+    table = Table(title=title)
+    for col in ("part", "channels", "stride", "output", "MACs M", "params M", "peak act. memory"):
+        table.add_column(col, justify="left" if col in ("part", "output") else "right")
+    for p in parts:
+        table.add_row(p.name, _m(p.channels, 0) if p.channels else "-", str(p.reduction or "-"),
+                      "x".join(map(str, p.output_shape[1:])) if p.output_shape else "-", f"{p.macs / 1e6:.1f}",
+                      f"{p.params / 1e6:.3f}", f"{p.memory / 2**20:.2f} MiB")
+    return table
 
 
 def register(app: typer.Typer) -> None:

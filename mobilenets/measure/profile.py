@@ -12,6 +12,13 @@ or only the identity slice of a MobileNeXt block). ``peak_memory`` is the maximu
 network; ``shortcut_peak_memory`` the maximum over ops that run while a shortcut is held,
 the quantity MobileNeXt's identity tensor multiplier reduces (the network-wide peak of most
 MobileNets sits in the first, shortcut-free, high-resolution layers).
+
+A model with ``feature_info`` (a classifier, a ``features_only`` backbone) is also summed by
+stage: the layers up to each feature map (channels, reduction, MACs, params, peak memory), then
+what follows the last one (the classifier's head). A detector or segmenter (a model with a
+``task``) is summed by part: each top-level module (backbone, heads) and each part of its
+backbone; a detector is profiled on one seeded random image, since its heads' work depends on
+how many boxes survive.
 """
 from __future__ import annotations
 
@@ -22,7 +29,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.layers import ConvNormAct, is_depthwise
-from ..models.network import MobileNet
 
 
 @dataclass
@@ -36,6 +42,19 @@ class LayerProfile:
 
 
 @dataclass
+class PartProfile:
+    """A group of layers: a backbone stage (``channels``/``reduction`` of its output feature map)
+    or a part of a detector or segmenter (backbone, head...)."""
+    name: str
+    macs: int
+    params: int
+    memory: int          # bytes, the peak over its layers
+    channels: int | None = None
+    reduction: int | None = None
+    output_shape: tuple[int, ...] | None = None
+
+
+@dataclass
 class Profile:
     model: str
     resolution: int
@@ -45,6 +64,8 @@ class Profile:
     shortcut_peak_memory: int  # bytes, over ops running while a shortcut is held
     dtype_bytes: int
     layers: list[LayerProfile] = field(default_factory=list)
+    stages: list[PartProfile] = field(default_factory=list)  # models with feature_info
+    parts: list[PartProfile] = field(default_factory=list)   # detectors and segmenters
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,20 +80,37 @@ def _ops(model: nn.Module):
             yield name, m
 
 
+def _input(model: nn.Module, res: int):
+    """One image as ``model`` takes it: a batch for networks, a list of one image in [0, 1] for a
+    detector (seeded, so that the count of boxes its heads process is reproducible)."""
+    task = getattr(model, "task", None)
+    if task in DETECTORS:
+        return [torch.rand(3, res, res, generator=torch.Generator().manual_seed(0))]
+    chans = model.backbone_config.in_chans if task else model.config.in_chans
+    return torch.zeros(1, chans, res, res)
+
+
+DETECTORS = ("ssdlite320", "fasterrcnn_fpn")
+
+
 @torch.no_grad()
-def profile(model: MobileNet, resolution: int | None = None, name: str | None = None,
+def profile(model: nn.Module, resolution: int | None = None, name: str | None = None,
             dtype_bytes: int = 4) -> Profile:
-    """Profile ``model`` on one image of ``resolution`` (default: the model's own)."""
-    res = resolution or model.config.resolution
-    x = torch.zeros(1, model.config.in_chans, res, res)
+    """Profile ``model`` (a ``MobileNet``, a ``features_only`` backbone, or a detector or segmenter
+    built by ``mobilenets.detection``/``segmentation``) on one image of ``resolution`` (default: the
+    model's own)."""
+    task = getattr(model, "task", None)
+    res = resolution or (model.resolution if task else model.config.resolution)
+    x = _input(model, res)
     records: dict[str, dict] = {}
     held: list[int] = []  # elements held for pending shortcuts
 
     def leaf_hook(mod_name):
         def hook(mod, inputs, output):
             inp = sum(t.numel() for t in inputs if torch.is_tensor(t))
-            records[mod_name] = dict(shape=tuple(output.shape), live=inp + output.numel() + sum(held),
-                                    held=sum(held))
+            live = inp + output.numel() + sum(held)
+            if live > records.get(mod_name, {}).get("live", -1):  # a module run twice (a shared head): its largest call
+                records[mod_name] = dict(shape=tuple(output.shape), live=live, held=sum(held))
         return hook
 
     def block_pre(mod, inputs):
@@ -111,13 +149,59 @@ def profile(model: MobileNet, resolution: int | None = None, name: str | None = 
             macs=int(macs), params=_op_params(mod_name, m, modules),
             memory=records[mod_name]["live"] * dtype_bytes))
     return Profile(
-        model=name or model.config.family, resolution=res,
+        model=name or (task if task else model.config.family), resolution=res,
         macs=int(counter.get_total_flops() // 2),
         params=sum(p.numel() for p in model.parameters()),
         peak_memory=max(lay.memory for lay in layers),
         shortcut_peak_memory=max((records[lay.name]["live"] * dtype_bytes for lay in layers
                                   if records[lay.name]["held"]), default=0),
-        dtype_bytes=dtype_bytes, layers=layers)
+        dtype_bytes=dtype_bytes, layers=layers,
+        stages=_stages(model, layers) if hasattr(model, "feature_info") and not task else [],
+        parts=_parts(model, layers, flops, root) if task else [])
+
+
+def _sum(name: str, layers: list[LayerProfile], **kw) -> PartProfile:
+    return PartProfile(name, sum(lay.macs for lay in layers), sum(lay.params for lay in layers),
+                       max((lay.memory for lay in layers), default=0), **kw)
+
+
+def _stages(model: nn.Module, layers: list[LayerProfile]) -> list[PartProfile]:
+    """The layers up to each feature map of ``model.feature_info``, then those after the last."""
+    info = list(model.feature_info)
+    order = ["stem"] + [f"blocks.{i}" for i in range(len(model.blocks))] + ["head"]
+    ends = [order.index(d["module"]) for d in info]
+    groups: list[list[LayerProfile]] = [[] for _ in range(len(info) + 1)]
+    for lay in layers:
+        top = ".".join(lay.name.split(".")[:2]) if lay.name.startswith("blocks.") else lay.name.split(".")[0]
+        pos = order.index(top) if top in order else len(order)
+        groups[next((k for k, end in enumerate(ends) if pos <= end), len(info))].append(lay)
+    stages = []
+    for k, d in enumerate(info):
+        shape = next((lay.output_shape for lay in reversed(groups[k])), None)
+        stages.append(_sum(f"stage {k} (to {d['module']})", groups[k], channels=d["num_chs"],
+                           reduction=d["reduction"], output_shape=shape))
+    if groups[-1]:
+        stages.append(_sum("after the last feature map", groups[-1]))
+    return stages
+
+
+def _parts(model: nn.Module, layers: list[LayerProfile], flops: dict, root: str) -> list[PartProfile]:
+    """Each top-level module of a detector or segmenter, and each part of its backbone. MACs are
+    the counter's per-module totals (ops outside convs and linears, such as RoI pooling, count 0)."""
+    names = []
+    for n, child in model.named_children():
+        names.append(n)
+        if n == "backbone":
+            names += [f"backbone.{c}" for c, _ in child.named_children()]
+    modules = dict(model.named_modules())
+    parts = []
+    for n in names:
+        params = sum(p.numel() for p in modules[n].parameters())
+        macs = sum(flops.get(f"{root}.{n}", {}).values()) // 2
+        inside = [lay for lay in layers if lay.name.startswith(n + ".")]
+        if params or macs:
+            parts.append(PartProfile(n, int(macs), params, max((lay.memory for lay in inside), default=0)))
+    return parts
 
 
 def _op_params(name: str, m: nn.Module, modules: dict[str, nn.Module]) -> int:
