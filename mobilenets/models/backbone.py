@@ -1,10 +1,10 @@
 """MobileNets as backbones: ``features_only`` in timm's semantics, a view of the same network.
 
-``features(model, out_indices)`` returns a ``FeatureNet`` that shares ``model``'s stem, blocks and
-(for MobileNetV3, whose last 1x1 conv is a stage of its own) head, and returns the feature maps
-``model.feature_info`` records: the end of each stride. Its state dict keys are the classifier's
-(``stem.*``, ``blocks.*``, ``head.*``), so classification checkpoints load into it with only the
-classifier left out. ``FeatureInfo`` answers what timm's does (``channels()``, ``reduction()``,
+``features(model, out_indices)`` returns a ``FeatureNet`` (``taps.Taps`` returning a list) that
+shares ``model``'s stem, blocks and (for MobileNetV3, whose last 1x1 conv is a stage of its own)
+head, and returns the feature maps ``model.feature_info`` records: the end of each stride. Its
+state dict keys are the classifier's (``stem.*``, ``blocks.*``, ``head.*``), so classification
+checkpoints load into it with only the classifier left out. ``FeatureInfo`` answers what timm's does (``channels()``, ``reduction()``,
 ``module_name()``, ``get_dicts()``, indexing), so code written for timm backbones runs unchanged.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from ..core.errors import UsageError
-from .network import MobileNet, ModelConfig
+from .network import MobileNet
+from .taps import Taps
 
 DEFAULT_OUT_INDICES = (0, 1, 2, 3, 4)
 
@@ -75,41 +75,29 @@ def check_out_indices(out_indices: Sequence[int] | None, available: int) -> tupl
     return tuple(out)
 
 
-class FeatureNet(nn.Module):
+class FeatureNet(Taps):
     """A MobileNet's feature maps at ``out_indices``: ``forward(x)`` returns a list of tensors,
     ``feature_info`` says what each is. Layers after the last chosen map are kept (so weights
     converted from timm's features models pair one for one) but not run."""
 
-    checkpoint_meta = None
-
     def __init__(self, model: MobileNet, out_indices: Sequence[int] | None = None):
-        super().__init__()
-        self.config: ModelConfig = model.config
-        self.stem = model.stem
-        self.blocks = model.blocks
-        if model.config.spec.head_in_features:
-            self.head = model.head
-        self.feature_info = FeatureInfo(model.feature_info, check_out_indices(out_indices, len(model.feature_info)))
+        info = FeatureInfo(model.feature_info, check_out_indices(out_indices, len(model.feature_info)))
+        head = model.config.spec.head_in_features
+        order = [layer for layer, _ in _named_layers(model, head)]
+        super().__init__(model, {order.index(info.module_name(i)): str(i) for i in info.out_indices}, head=head)
+        self.feature_info = info
         self.checkpoint_meta = model.checkpoint_meta
-        names = [d["module"] for d in model.feature_info]
-        self._taps = {names[i]: n for n, i in enumerate(self.feature_info.out_indices)}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
-        for name, layer in self._layers():
-            x = layer(x)
-            if name in self._taps:
-                out.append(x)
-                if len(out) == len(self._taps):
-                    break
-        return out
+        return list(super().forward(x).values())
 
-    def _layers(self):
-        yield "stem", self.stem
-        for i, block in enumerate(self.blocks):
-            yield f"blocks.{i}", block
-        if hasattr(self, "head"):
-            yield "head", self.head
+
+def _named_layers(model: MobileNet, head: bool):
+    yield "stem", model.stem
+    for i, block in enumerate(model.blocks):
+        yield f"blocks.{i}", block
+    if head:
+        yield "head", model.head
 
 
 def features(model: MobileNet, out_indices: Sequence[int] | None = None) -> FeatureNet:

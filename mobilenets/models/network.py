@@ -126,8 +126,8 @@ class ModelConfig:
             (0 < self.identity_mult <= 1, f"identity_mult must be in (0, 1], got {self.identity_mult}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.cifar_stem >= 0, f"cifar_stem must be >= 0, got {self.cifar_stem}"),
-            (self.output_stride in OUTPUT_STRIDES, f"output_stride must be one of "
-                                                   f"{', '.join(map(str, OUTPUT_STRIDES))}, got {self.output_stride!r}"),
+            (self.output_stride in OUTPUT_STRIDES,
+             f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {self.output_stride!r}"),
             (self.dilation_rule in DILATION_RULES, f"dilation_rule must be 'timm' or 'torchvision': "
                                                    f"{self.dilation_rule!r}"),
             (not self.reduced_tail or self.family.startswith("mobilenet_v3"),

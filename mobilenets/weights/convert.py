@@ -14,21 +14,27 @@ Two halves, kept apart so that each can be read on its own:
   The only kind change allowed is a 1x1 convolution used as a dense layer (timm's ``conv_head``,
   Keras V1 ``conv_preds`` and V3 ``conv_2``/``logits``) into our ``nn.Linear``.
 
+A third part converts torchvision's MobileNetV3 detection and segmentation models (``TASKS``) into
+ours (``models.detection``, ``models.segmentation``): the backbone pairs as above, the heads, the
+same torchvision classes on both sides, by key.
+
 Keras is imported only on the Keras path: it is a test/dev dependency, not a runtime one.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..core.errors import UsageError
+from ..models import detection, segmentation
 from ..models.backbone import FeatureNet, features
 from ..models.layers import make_divisible
 from ..models.network import MobileNet, ModelConfig
 from ..models.registry import model_config
+from ..models.taps import trunk_prefix
 
 SOURCES = ("torchvision", "timm", "keras")
 
@@ -283,9 +289,14 @@ def convert(reference, source: str, name: str, *, width: float | None = None, tf
     timm model's ``pretrained_cfg``, False for a bare state dict unless given. ``num_classes`` (and
     ``in_chans``) default to the reference's. Other keyword arguments go to ``model_config``.
     The chosen options are on the returned model's ``config``; the model is in training mode, as
-    ``create_model`` returns it.
+    ``create_model`` returns it. A name in ``TASKS`` (torchvision's MobileNetV3 detection and
+    segmentation models) converts a whole task model: ``convert_task``.
     """
     source = _check_source(source)
+    if name in TASKS:
+        if tf is not None or features_only or out_indices is not None:
+            raise UsageError(f"{name} is a whole task model: tf, features_only and out_indices do not apply")
+        return convert_task(reference, source, name, width=width, **kwargs)
     if source == "keras":
         if not _is_keras_model(reference):
             raise UsageError("source='keras' needs a Keras model (keras.applications.MobileNet...), "
@@ -343,3 +354,86 @@ def _timm_is_tf(model: nn.Module) -> bool:
     bn = next((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), None)
     return bn is not None and abs(bn.eps - TF_BN_EPS) < 1e-9
 
+
+# --------------------------------------------------------------------------- task models
+
+@dataclass(frozen=True)
+class Task:
+    """One of torchvision's MobileNetV3 task models as ours: ``builder`` (``models.detection`` or
+    ``models.segmentation``) with ``options`` (those torchvision's builder uses), on ``backbone``.
+    ``trunk``: the key prefix of torchvision's MobileNet layers (its ``features``); every other tensor
+    sits under the same key in ours (the same torchvision classes). ``num_classes``: (key, divisor)
+    reading it off a state dict; ``flags``: options set True where a key with that prefix exists."""
+    builder: Callable[..., nn.Module]
+    backbone: str
+    trunk: str
+    num_classes: tuple[str, int]
+    options: dict = field(default_factory=dict)
+    flags: dict = field(default_factory=dict)
+
+
+_V3L = "mobilenet_v3_large"
+# SSD's class logits: num_classes per box, DefaultBoxGenerator([2, 3]) puts 2 + 2 * 2 boxes at each location.
+_SSD_CLASSES = ("head.classification_head.module_list.0.1.bias", 6)
+_FRCNN_CLASSES = ("roi_heads.box_predictor.cls_score.bias", 1)
+TASKS: dict[str, Task] = {
+    # ssdlite.py: reduce_tail = weights_backbone is None
+    "ssdlite320_mobilenet_v3_large": Task(detection.ssdlite320, _V3L, "backbone.features.", _SSD_CLASSES,
+                                          {"reduced_tail": True}),
+    "fasterrcnn_mobilenet_v3_large_fpn": Task(detection.fasterrcnn_fpn, _V3L, "backbone.body.", _FRCNN_CLASSES),
+    # faster_rcnn.py fasterrcnn_mobilenet_v3_large_320_fpn: the same model at low resolution
+    "fasterrcnn_mobilenet_v3_large_320_fpn": Task(
+        detection.fasterrcnn_fpn, _V3L, "backbone.body.", _FRCNN_CLASSES,
+        {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150}),
+    "lraspp_mobilenet_v3_large": Task(segmentation.lraspp, _V3L, "backbone.", ("classifier.low_classifier.bias", 1)),
+    "deeplabv3_mobilenet_v3_large": Task(segmentation.deeplabv3, _V3L, "backbone.", ("classifier.4.bias", 1),
+                                         flags={"aux_loss": "aux_classifier."}),
+}
+
+
+def convert_task(reference, source: str, name: str, *, width: float | None = None, **kwargs) -> nn.Module:
+    """Our ``TASKS[name]`` model carrying the weights of torchvision's model ``name`` (a state dict or
+    the model): built with torchvision's options and channel rules, ``num_classes`` (and DeepLab's
+    ``aux_loss``) read off the weights; ``kwargs`` override. The backbone tensors pair in execution
+    order (``match``), the heads' by key; a tensor left over on either side raises ``UsageError``."""
+    if source != "torchvision":
+        raise UsageError(f"{name} is torchvision's model: convert it with source='torchvision', not {source!r}")
+    task = TASKS[name]
+    state = _state_dict(reference, source)
+    key, per_class = task.num_classes
+    if key not in state:
+        raise UsageError(f"this is not torchvision's {name}: it has no {key!r}")
+    options = dict(task.options, num_classes=int(state[key].shape[0]) // per_class)
+    options.update({flag: any(k.startswith(prefix) for k in state) for flag, prefix in task.flags.items()})
+    width = 1.0 if width is None else width
+    # torchvision's channel rules; BatchNorm eps is the task builder's (Faster R-CNN's 1e-5, not V3's 1e-3).
+    options.update(width=width, **{k: v for k, v in source_options(source, task.backbone, width).items()
+                                   if k != "bn_eps"})
+    model = task.builder(task.backbone, **{**options, **kwargs})
+
+    ours = model.state_dict()
+    prefix = trunk_prefix(model)
+    what = f"torchvision weights -> {name} (width {model.backbone_config.width})"
+    loaded = match(torch_entries({k: v for k, v in state.items() if k.startswith(task.trunk)}),
+                   torch_entries({k: v for k, v in ours.items() if k.startswith(prefix)}), what)
+    heads = {k: v for k, v in state.items() if not k.startswith(task.trunk)}
+    our_heads = {k: v for k, v in ours.items() if not k.startswith(prefix)}
+    _check_same_keys(heads, our_heads, what)
+    loaded.update({k: v.detach().to(dtype=our_heads[k].dtype).clone() for k, v in heads.items() if k in our_heads})
+    ours.update(loaded)
+    model.load_state_dict(ours)
+    return model
+
+
+def _check_same_keys(ref: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor], what: str) -> None:
+    """The heads' tensors, paired by key: any key on one side only, or another shape, raises."""
+    def counted(d):  # FrozenBatchNorm2d (torchvision's trained Faster R-CNN) keeps no batch count
+        return {k for k in d if not k.endswith("num_batches_tracked")}
+    extra, missing = sorted(counted(ref) - counted(ours)), sorted(counted(ours) - counted(ref))
+    wrong = [f"{k} {tuple(v.shape)} (ours {tuple(ours[k].shape)})" for k, v in ref.items()
+             if k in ours and v.shape != ours[k].shape]
+    problems = ([f"unexpected reference tensors {', '.join(extra[:8])}"] if extra else []) \
+        + ([f"missing from the reference: {', '.join(missing[:8])}"] if missing else []) \
+        + ([f"shapes differ: {', '.join(wrong[:8])}"] if wrong else [])
+    if problems:
+        raise UsageError(f"cannot convert {what}: {'; '.join(problems)}")
