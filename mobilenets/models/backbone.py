@@ -4,8 +4,9 @@
 shares ``model``'s stem, blocks and (for MobileNetV3, whose last 1x1 conv is a stage of its own)
 head, and returns the feature maps ``model.feature_info`` records: the end of each stride. Its
 state dict keys are the classifier's (``stem.*``, ``blocks.*``, ``head.*``), so classification
-checkpoints load into it with only the classifier left out. ``FeatureInfo`` answers what timm's does (``channels()``, ``reduction()``,
-``module_name()``, ``get_dicts()``, indexing), so code written for timm backbones runs unchanged.
+checkpoints load into it with only the classifier left out. ``FeatureInfo`` answers what timm's
+does (``channels()``, ``reduction()``, ``module_name()``, ``get_dicts()``, indexing), so code
+written for timm backbones runs unchanged.
 """
 from __future__ import annotations
 
