@@ -25,6 +25,19 @@ def test_profile_table_and_json():
     assert 95e6 < data["macs"] < 100e6 and data["layers"][0]["name"] == "stem.conv"
 
 
+def test_profile_backbone_stages_and_task_parts():
+    result = runner.invoke(app, ["profile", "mobilenet_v3_small", "--features", "--output-stride", "16"])
+    assert result.exit_code == 0, result.output
+    assert "stage 4 (to head)" in result.stdout and "576x14x14" in result.stdout and "classifier" not in result.stdout
+    data = json.loads(runner.invoke(app, ["profile", "mobilenet_v2", "--width", "0.35", "--task", "lraspp",
+                                          "--num-classes", "3", "--json"]).stdout)
+    assert data["resolution"] == 520 and [p["name"] for p in data["parts"]][:2] == ["backbone", "backbone.stem"]
+    assert data["parts"][-1]["name"] == "classifier" and data["parts"][-1]["params"] > 0
+    _one_line_error(["profile", "mobilenet_v2", "--task", "yolo"], "unknown task 'yolo'")
+    _one_line_error(["profile", "mobilenet_v2", "--task", "ssdlite320", "--resolution", "300"], "sets its own input")
+    _one_line_error(["profile", "mobilenet_v2", "--output-stride", "4"], "output_stride must be one of")
+
+
 def _one_line_error(args, needle):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output

@@ -118,3 +118,25 @@ def test_backbone_profile_at_output_stride_16_has_no_classifier():
     assert dilated.params == plain.params and dilated.macs > plain.macs
     # same weights on 4x the pixels, except the first block's expansion, which ran at 14x14 already
     assert 3 * plain.stages[-1].macs < dilated.stages[-1].macs < 4 * plain.stages[-1].macs
+
+
+# torchvision's documented figures for its MobileNetV3-Large task models (the weights' meta
+# "num_params" and "_ops" GFLOPS), reproduced by ours. Faster R-CNN's are not compared: torchvision
+# counts them with frozen BatchNorm (no BN parameters) and on its own set of proposals.
+TORCHVISION_TASKS = {"ssdlite320": (3_440_060, 0.58), "lraspp": (3_221_538, 2.09)}
+
+
+@pytest.mark.parametrize("task", list(TORCHVISION_TASKS))
+def test_task_profile_matches_torchvision_and_splits_backbone_from_head(task):
+    from mobilenets import detection, segmentation
+
+    build = {"ssdlite320": detection.ssdlite320, "lraspp": segmentation.lraspp}[task]
+    prof = profile(build("mobilenet_v3_large"))
+    params, gmacs = TORCHVISION_TASKS[task]
+    assert prof.params == params
+    assert round(prof.macs / 1e9, 2) == gmacs
+    top = [p for p in prof.parts if "." not in p.name]
+    assert top[0].name == "backbone" and len(top) == 2
+    assert sum(p.macs for p in top) == prof.macs and sum(p.params for p in top) == prof.params
+    inside = [p for p in prof.parts if p.name.startswith("backbone.")]
+    assert sum(p.macs for p in inside) == top[0].macs

@@ -6,10 +6,16 @@ import json
 import typer
 from rich.table import Table
 
+from .. import detection, segmentation
+from ..core.errors import UsageError
+from ..measure.profile import DETECTORS
 from ..measure.profile import profile as profile_model
 from ..models import VARIANTS, get_variant, match_models
 from ..weights import create_model
 from .common import console
+
+TASKS = {"ssdlite320": detection.ssdlite320, "fasterrcnn_fpn": detection.fasterrcnn_fpn,
+         "lraspp": segmentation.lraspp, "deeplabv3": segmentation.deeplabv3}
 
 
 def _m(x: float | None, digits: int = 1) -> str:
@@ -38,23 +44,31 @@ def profile_cmd(
     width: float = typer.Option(None, help="width multiplier (base names only)"),
     resolution: int = typer.Option(None, help="input resolution (default: the variant's)"),
     cifar_stem: bool = typer.Option(False, "--cifar-stem", help="stride 1 in the first layers (32x32 inputs)"),
-    num_classes: int = typer.Option(1000, help="classifier outputs"),
+    num_classes: int = typer.Option(None, help="classifier outputs [default: 1000; a --task's: 91 for detection, "
+                                               "21 for segmentation]", show_default=False),
     identity_mult: float = typer.Option(1.0, help="MobileNeXt identity tensor multiplier"),
     features: bool = typer.Option(False, "--features", help="the backbone only (features_only: no classifier)"),
     output_stride: int = typer.Option(32, help="backbone output stride: 16 or 8 turn the last strides into dilation"),
+    task: str = typer.Option(None, help=f"a detector or segmenter on this backbone: {', '.join(TASKS)}",
+                             show_default=False),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
-    """Per-layer MACs, params and activation memory of one model, by stage and in total."""
+    """Per-layer MACs, params and activation memory of one model, by stage and in total (a --task: by part,
+    backbone and heads apart)."""
     variant = get_variant(name)
-    kwargs = dict(cifar_stem=cifar_stem, num_classes=num_classes, output_stride=output_stride,
-                  features_only=features)
+    kwargs = dict(cifar_stem=cifar_stem, output_stride=output_stride)
     if identity_mult != 1.0:
         kwargs["identity_mult"] = identity_mult
-    model = create_model(name, width=width, resolution=resolution, **kwargs)
+    if task is not None:
+        _profile_task(task, name, width, resolution, num_classes, kwargs, as_json)
+        return
+    model = create_model(name, width=width, resolution=resolution, features_only=features,
+                         num_classes=1000 if num_classes is None else num_classes, **kwargs)
     prof = profile_model(model, name=name)
     if as_json:
         print(json.dumps(prof.to_dict(), indent=1))
         return
+    num_classes = model.config.num_classes
     what = " backbone" if features else ""
     table = Table(title=f"{name}{what} width {model.config.width:g} at {prof.resolution}x{prof.resolution}")
     for col in ("#", "layer", "type", "output", "MACs", "params", "act. memory"):
@@ -75,15 +89,41 @@ def profile_cmd(
     console.print(totals)
 
 
+def _profile_task(task: str, backbone: str, width, resolution, num_classes, options: dict, as_json: bool) -> None:
+    """``profile --task``: the detector or segmenter on ``backbone``, by part."""
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if resolution is not None:
+        raise UsageError(f"{task} sets its own input size: --resolution does not apply")
+    if options.pop("cifar_stem"):
+        raise UsageError("--cifar-stem is for 32x32 classifiers, not a --task")
+    if options["output_stride"] == 32:
+        del options["output_stride"]  # the task's own (segmentation: 16)
+    model = TASKS[task](backbone, width, **({} if num_classes is None else {"num_classes": num_classes}), **options)
+    prof = profile_model(model, name=f"{task} on {backbone}")
+    if as_json:
+        print(json.dumps(prof.to_dict(), indent=1))
+        return
+    console.print(_parts_table(f"{prof.model} (width {model.backbone_config.width:g}) at "
+                               f"{prof.resolution}x{prof.resolution}", prof.parts))
+    totals = Table(show_header=False, title="totals")
+    totals.add_row("MACs", f"{prof.macs / 1e6:.1f} M", "one seeded random image" if task in DETECTORS else "")
+    totals.add_row("params", f"{prof.params / 1e6:.3f} M", "")
+    totals.add_row("peak activation memory", f"{prof.peak_memory / 2**20:.2f} MiB", "fp32, batch 1")
+    console.print(totals)
+
+
 def _parts_table(title: str, parts) -> Table:
-    """Stages of a backbone or parts of a detector/segmenter: output, MACs, params, peak memory."""
+    """Stages of a backbone (with their output maps) or parts of a detector/segmenter: MACs, params, memory."""
+    maps = any(p.channels for p in parts)
+    cols = ("part", *(("channels", "stride", "output") if maps else ()), "MACs M", "params M", "peak act. memory")
     table = Table(title=title)
-    for col in ("part", "channels", "stride", "output", "MACs M", "params M", "peak act. memory"):
+    for col in cols:
         table.add_column(col, justify="left" if col in ("part", "output") else "right")
     for p in parts:
-        table.add_row(p.name, _m(p.channels, 0) if p.channels else "-", str(p.reduction or "-"),
-                      "x".join(map(str, p.output_shape[1:])) if p.output_shape else "-", f"{p.macs / 1e6:.1f}",
-                      f"{p.params / 1e6:.3f}", f"{p.memory / 2**20:.2f} MiB")
+        shape = "x".join(map(str, p.output_shape[1:])) if p.output_shape else "-"
+        where = (str(p.channels or "-"), str(p.reduction or "-"), shape) if maps else ()
+        table.add_row(p.name, *where, f"{p.macs / 1e6:.1f}", f"{p.params / 1e6:.3f}", f"{p.memory / 2**20:.2f} MiB")
     return table
 
 

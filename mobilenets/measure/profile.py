@@ -157,7 +157,7 @@ def profile(model: nn.Module, resolution: int | None = None, name: str | None = 
                                   if records[lay.name]["held"]), default=0),
         dtype_bytes=dtype_bytes, layers=layers,
         stages=_stages(model, layers) if hasattr(model, "feature_info") and not task else [],
-        parts=_parts(model, layers, flops, root) if task else [])
+        parts=_parts(model, layers) if task else [])
 
 
 def _sum(name: str, layers: list[LayerProfile], **kw) -> PartProfile:
@@ -185,9 +185,9 @@ def _stages(model: nn.Module, layers: list[LayerProfile]) -> list[PartProfile]:
     return stages
 
 
-def _parts(model: nn.Module, layers: list[LayerProfile], flops: dict, root: str) -> list[PartProfile]:
-    """Each top-level module of a detector or segmenter, and each part of its backbone. MACs are
-    the counter's per-module totals (ops outside convs and linears, such as RoI pooling, count 0)."""
+def _parts(model: nn.Module, layers: list[LayerProfile]) -> list[PartProfile]:
+    """Each top-level module of a detector or segmenter, and each part of its backbone (the sums of
+    their convolutions and linear layers; RoI pooling, NMS and resizing count nothing)."""
     names = []
     for n, child in model.named_children():
         names.append(n)
@@ -196,11 +196,11 @@ def _parts(model: nn.Module, layers: list[LayerProfile], flops: dict, root: str)
     modules = dict(model.named_modules())
     parts = []
     for n in names:
-        params = sum(p.numel() for p in modules[n].parameters())
-        macs = sum(flops.get(f"{root}.{n}", {}).values()) // 2
         inside = [lay for lay in layers if lay.name.startswith(n + ".")]
-        if params or macs:
-            parts.append(PartProfile(n, int(macs), params, max((lay.memory for lay in inside), default=0)))
+        params = sum(p.numel() for p in modules[n].parameters())
+        if params or inside:
+            parts.append(PartProfile(n, sum(lay.macs for lay in inside), params,
+                                     max((lay.memory for lay in inside), default=0)))
     return parts
 
 
