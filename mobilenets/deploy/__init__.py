@@ -5,11 +5,15 @@
     session = open_session(result.path, threads=1)
     logits = session.run(batch_nchw_float32)
 
+    backbone = create_model("mobilenet_v3_large", features_only=True)   # or a segmenter, a detector
+    maps = open_session(export(backbone, "ncnn", "out/").path).run_all(batch_nchw_float32)
+
 The modules, each importing only those before it: ``graph`` (the inference module, ONNX
 rewrites), ``calibration`` (images for calibration and checks), ``common`` (errors, sidecar,
-progress, ``quiet``), ``runtimes/`` (one module per runtime: its converter, int8, session and
-requirements, listed in one table with ``open_session``), ``quantize`` (int8 dispatch and
-report), ``accuracy`` (accuracy-controlled int8), ``qat`` (quantization-aware fine-tuning),
+progress, ``quiet``), ``tasks`` (what a classifier, backbone, segmenter or detector exports as:
+named outputs, input, sidecar fields), ``runtimes/`` (one module per runtime: its converter,
+int8, session and requirements, listed in one table with ``open_session``), ``quantize`` (int8
+dispatch and report), ``accuracy`` (accuracy-controlled int8), ``qat`` (quantization-aware fine-tuning),
 ``export`` (all of it, verified and installed atomically). Optional runtimes are imported only
 when used: a missing one is a ``UsageError`` naming its pip package.
 """

@@ -22,6 +22,7 @@ from ..core.errors import UsageError
 from ..core.files import atomic_write_text
 from ..core.preprocessing import Preprocessing
 from ..models.meta import CheckpointMeta
+from ..models.network import ModelConfig
 
 SIDECAR_FORMAT = "mobilenets-export"
 DEFAULT_OPSET = 18
@@ -141,22 +142,26 @@ NO_STEPS = Steps()
 # the sidecar
 
 
-def export_meta(net, *, meta: CheckpointMeta | None = None, fmt: str, backend: str, precision: str, resolution: int,
-                batch: int | str, nhwc: bool, preprocessing: Preprocessing) -> dict:
+def export_meta(net, *, meta: CheckpointMeta | None = None, config: ModelConfig | None = None, fmt: str, backend: str,
+                precision: str, resolution: int, batch: int | str, nhwc: bool, preprocessing: Preprocessing) -> dict:
     """The JSON sidecar of an export of ``net`` (described by ``meta``, by default its own
-    ``checkpoint_meta``): how to feed the file and what its outputs mean, so that a session
-    needs nothing but the file and this record."""
+    ``checkpoint_meta``; ``config``, by default its own, is our network's: a segmenter's or detector's
+    backbone, None when it is not ours): how to feed the file and what its outputs mean, so that a
+    session needs nothing but the file and this record."""
     meta = meta if meta is not None else getattr(net, "checkpoint_meta", None)
+    config = config if config is not None else getattr(net, "config", None)
     names = getattr(meta, "class_names", None)
     extra = getattr(meta, "extra", None) or {}
     # the training run's data and hold-out, so that `eval FILE --data X` scores the images its checkpoint was
     # validated on (read back as the export's CheckpointMeta.extra, as a checkpoint's own)
     split = {k: extra[k] for k in TRAINING_SPLIT if extra.get(k) is not None}
-    return {**split, "format": SIDECAR_FORMAT, "model": getattr(meta, "variant", None) or net.config.family,
-            "config": net.config.to_dict(), "export_format": fmt, "backend": backend, "precision": precision,
-            "resolution": int(resolution), "batch": batch, "input_layout": "NHWC" if nhwc else "NCHW",
-            "preprocessing": preprocessing.to_dict(),
-            "class_names": list(names) if names and len(names) == net.config.num_classes else None}
+    classes = config.num_classes if config is not None else None
+    return {**split, "format": SIDECAR_FORMAT,
+            "model": getattr(meta, "variant", None) or (config.family if config is not None else None),
+            "config": config.to_dict() if config is not None else None, "export_format": fmt, "backend": backend,
+            "precision": precision, "resolution": int(resolution), "batch": batch,
+            "input_layout": "NHWC" if nhwc else "NCHW", "preprocessing": preprocessing.to_dict(),
+            "class_names": list(names) if names and len(names) == classes else None}
 
 
 def sidecar_of(path: str | os.PathLike) -> Path:

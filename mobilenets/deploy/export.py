@@ -1,4 +1,5 @@
-"""Export a MobileNet to ONNX, OpenVINO IR or TFLite, verified in its runtime before it is kept.
+"""Export a MobileNet (or a backbone, segmenter or detector) for every runtime, verified in its
+runtime before it is kept.
 
 The steps of ``export``: check the request (before any slow work), resolve the model
 (``weights.resolve_model``), build the inference graph (``graph.deploy_module``: BN folded,
@@ -9,20 +10,26 @@ file(s) and a JSON sidecar into place. Everything is written into a staging fold
 output (``core.files.staging_dir``) and published at the end with the umask's permissions, so a
 failed conversion or verification leaves nothing behind under the real name, a reader never
 sees half a file, and the folder a killed export leaves is cleaned by the next one.
+
+Dense-prediction models (``tasks``: a ``FeatureNet`` backbone, torchvision's LR-ASPP / DeepLabV3
+segmenters and SSD / Faster R-CNN detectors, ours included) take the same steps in fp32: named
+outputs (``feature0``..., ``out``, ``boxes`` / ``scores`` / ``labels``), each verified, and a
+sidecar that records the task and its outputs.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
+from torch import nn
 
 from ..core.errors import UsageError
 from ..core.files import check_parent, publish, staging_dir
-from ..models.network import MobileNet
+from ..models.meta import CheckpointMeta
+from ..models.network import MobileNet, unwrap
 from ..train.report import Reporter
 from ..weights.resolve import resolve_model
 from . import accuracy, qat
@@ -51,7 +58,8 @@ from .common import (
 )
 from .graph import deploy_module
 from .quantize import compare, file_size, quantize_file
-from .runtimes import FORMATS, RUNTIMES, Runtime, by_format, open_session
+from .runtimes import FORMATS, RUNTIMES, Runtime, Session, by_format, open_session
+from .tasks import CLASSIFICATION, Task, structured_images, task_of
 
 INT8_FORMATS = ("qdq", "qoperator")
 
@@ -60,6 +68,8 @@ __all__ = ["DEFAULT_OPSET", "FORMATS", "FP32_TOLERANCE", "INT8_FORMATS", "SIDECA
            "verify_export"]
 
 FP32_TOLERANCE = 1e-4
+BOX_TOLERANCE = 1e-2  # pixels: a detector's boxes, fp32
+DETECTION_IMAGES = 2  # structured test images a detector is verified on
 
 
 @dataclass
@@ -87,10 +97,10 @@ class ExportResult:
         return d
 
 
-def default_name(model: MobileNet, fmt: str, precision: str, resolution: int) -> str:
-    """``mobilenet_v3_large-w1.0-r224-onnx-int8.onnx``: model, width, resolution, format, precision."""
-    variant = getattr(getattr(model, "checkpoint_meta", None), "variant", None) or model.config.family
-    return f"{variant}-w{float(model.config.width)!r}-r{resolution}-{fmt}-{precision}{by_format(fmt).suffix}"
+def default_name(model, fmt: str, precision: str, resolution: int) -> str:
+    """``mobilenet_v3_large-w1.0-r224-onnx-int8.onnx``: model, width, resolution, format, precision
+    (``tasks.Task.stem``: ``...-features`` for a backbone, ``lraspp-...`` for a segmenter...)."""
+    return f"{task_of(model).stem()}-r{resolution}-{fmt}-{precision}{by_format(fmt).suffix}"
 
 
 def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bool = False,
@@ -129,39 +139,49 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     images, -1 meaning its default.
     ``steps``: receives the progress (``common.Steps``). Bad requests are a ``UsageError``
     raised before any model is built, data read or file converted.
+
+    ``model`` may also be a dense-prediction module (``tasks``), exported in fp32 with its outputs
+    named and each verified: a backbone (``create_model(..., features_only=True)``: ``feature0``...
+    in ``feature_info``'s order, to every format), a torchvision LR-ASPP or DeepLabV3 segmenter
+    (``out``, N x classes x H x W; the training-only auxiliary head left out; every format, at a
+    square ``resolution``, default the model's ``resolution`` attribute or 520) or an SSD / Faster
+    R-CNN detector (``boxes``, ``scores``, ``labels`` of one 3 x H x W image in [0, 1], with the
+    post-processing; ONNX only, batch 1). The sidecar adds ``task``, ``outputs``, ``output_shapes``
+    (and a backbone's ``feature_info``). int8, bf16 and fp16 stay classifiers' (their check is top-1
+    agreement).
     """
     precision = _check_request(fmt, int8=int8, precision=precision, calib=calib, batch=batch, opset=opset,
                                calib_size=calib_size, min_agreement=min_agreement, qat_epochs=qat_epochs,
                                qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_max_images=qat_max_images,
                                max_drop=max_drop, int8_format=int8_format, val_images=val_images)
+    task = task_of(model)
+    task.check(fmt, precision=precision, nhwc=nhwc, batch=batch)
     _check_output(output, fmt)
     runtime = by_format(fmt)
     backend = runtime.backend
     _require(runtime, precision, qat_epochs)
     steps = steps or NO_STEPS
 
-    resolved = resolve_model(model, weights, pretrained=True)
-    if resolved.is_export:
-        raise UsageError(f"{resolved.path.name} is an exported file already: export a model name, a checkpoint "
-                         f"or a training run directory")
-    net = resolved.model
-    learned = precision == "int8" and net.qat_state is not None  # a QAT checkpoint: int8 with its learned ranges
+    net, meta, source = _resolve(model, task, weights)
+    task = replace(task_of(net), meta=meta)
+    learned = precision == "int8" and getattr(net, "qat_state", None) is not None  # a QAT checkpoint: learned ranges
     if precision == "int8" and calib is None and not learned and runtime.int8_calibrates:
         raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
     if learned and (qat_epochs or max_drop is not None or nhwc):
-        raise UsageError(f"{resolved.path.name} is a quantization-aware checkpoint: its int8 export is its trained "
+        raise UsageError(f"{source} is a quantization-aware checkpoint: its int8 export is its trained "
                          f"graph with the ranges it learned (NCHW; no --qat-epochs, --max-drop or --nhwc)")
-    res = int(resolution or net.config.resolution)
-    if res < net.config.total_stride:
-        raise UsageError(f"resolution {res} is too small for {net.config.family} (at least {net.config.total_stride})")
-    pre = resolved.meta.preprocessing.at(res)
+    res = int(resolution or task.resolution)
+    if res < task.min_resolution:
+        what = task.config.family if task.kind == "classification" else task.name
+        raise UsageError(f"resolution {res} is too small for {what} (at least {task.min_resolution})")
+    pre = task.preprocessing(res)
     out = _output_path(output, net, fmt, precision, res)
-    chans = net.config.in_chans
+    chans = task.in_chans
 
-    split = split_of(calib, resolved.meta)
+    split = split_of(calib, meta)
     calib_set = _calibration(calib, pre, calib_size, (chans, res, res), steps, split)
     needs_val = precision == "int8" and (report or max_drop is not None)
-    val_set = _validation(val, calib, pre, resolved.meta, split, val_images, (chans, res, res), steps, needs_val)
+    val_set = _validation(val, calib, pre, meta, split, val_images, (chans, res, res), steps, needs_val)
     check_disjoint(calib_set, val_set)
     train_data = None
     if qat_epochs:
@@ -173,7 +193,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     with staging_dir(out.parent) as work:
         deploy = deploy_module(net, nhwc=nhwc)
         fixed = 2 if batch == "dynamic" else int(batch)  # batch 1 would specialise a dynamic dim
-        example = torch.zeros((fixed, res, res, chans) if nhwc else (fixed, chans, res, res))
+        example = task.example(fixed, res, nhwc)
         suffix = runtime.suffix
         fp32_file = work / f"fp32{suffix}"
         # int8 quantized from the torch module (PT2E) and QAT: their fp32 file is only needed for the report.
@@ -181,7 +201,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
                 and max_drop is None):
             fp16 = {"precision": "fp16"} if precision == "fp16" else {}  # Core ML's compute precision
             runtime.convert(deploy, example, fp32_file, dynamic=batch == "dynamic", opset=opset, verbose=verbose,
-                            steps=steps, **fp16)
+                            steps=steps, outputs=task.outputs, **task.convert_options, **fp16)
         final, qat_info, control = fp32_file, {}, {}
         if learned:
             final = work / f"int8{suffix}"
@@ -206,40 +226,68 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
                 quantize_file(fmt, fp32_file, final, images, nhwc=nhwc, module=deploy, example=example,
                               int8_format=int8_format)
 
-        meta = export_meta(net, meta=resolved.meta, fmt=fmt, backend=backend, precision=precision, resolution=res,
-                           batch=batch, nhwc=nhwc, preprocessing=pre)
+        side = export_meta(net, meta=meta, config=task.config, fmt=fmt, backend=backend, precision=precision,
+                           resolution=res, batch=batch, nhwc=nhwc, preprocessing=pre)
+        side.update(task.sidecar(deploy, example, dynamic=batch == "dynamic"))
+        if task.kind == "detection":
+            side["input_layout"] = task.input_layout
         if precision == "int8" and fmt == "onnx":
-            meta["int8_format"] = "qdq" if qat_epochs else int8_format
-        # The sidecars go next to the work files too: sessions read the layout and precision from them.
+            side["int8_format"] = "qdq" if qat_epochs else int8_format
+        # The sidecars go next to the work files too: sessions read the layout, precision and outputs from them.
         if fp32_file.exists():
-            write_sidecar(fp32_file, {**meta, "precision": "fp32"})
-        write_sidecar(final, meta)
+            write_sidecar(fp32_file, {**side, "precision": "fp32"})
+        write_sidecar(final, side)
         verification: dict = {}
         cannot_run = runtime.runs_here() if verify else None  # Core ML on Linux: checked, not run
         if cannot_run:
             with steps("check (this machine cannot run it)"):
-                verification = {**runtime.inspect(final), "ran": False, "why": cannot_run}
+                verification = {**_inspected(runtime, final, task), "ran": False, "why": cannot_run}
         elif verify:
             with steps("verify"):
                 checked = calib_set if val_set is None else val_set
                 reference = qat.learned_model(net) if learned else net  # QAT: the fake-quantized network
-                verification = verify_export(reference, final, backend, precision, checked, res, min_agreement)
+                verification = verify_export(reference, final, backend, precision, checked, res, min_agreement,
+                                             task=task)
         quant_report: dict = {}
         if report and precision == "int8":
             with steps("compare fp32 and int8 on held-out images"):
                 quant_report = compare(fp32_file, final, backend, val_set)
             quant_report["calibration"], quant_report["validation"] = calib_set.describe(), val_set.describe()
-        meta["verification"] = verification
+        side["verification"] = verification
         if quant_report:
-            meta["quantization_report"] = quant_report
+            side["quantization_report"] = quant_report
         if qat_info:
-            meta["qat"] = qat_info
+            side["qat"] = qat_info
         if control:
-            meta["accuracy_control"] = control
+            side["accuracy_control"] = control
         with steps("install"):
-            files = _install(final, out, runtime, meta)
+            files = _install(final, out, runtime, side)
     return ExportResult(out, sidecar_of(out), fmt, precision, backend, files, verification, quant_report, qat_info,
                         control)
+
+
+def _resolve(model, task: Task, weights: str | None) -> tuple[nn.Module, CheckpointMeta, str]:
+    """The PyTorch model to export, its metadata and what to call it in messages: a classifier as
+    ``weights.resolve_model`` resolves it (not an exported file), any other task's module as given."""
+    if task.kind != "classification":
+        if weights is not None:
+            raise UsageError(f"weights= loads classifier checkpoints; load the {task.name} model's weights into it "
+                             f"and export the module")
+        return unwrap(model).eval(), task.meta, type(unwrap(model)).__name__
+    resolved = resolve_model(model, weights, pretrained=True)
+    if resolved.is_export:
+        raise UsageError(f"{resolved.path.name} is an exported file already: export a model name, a checkpoint "
+                         f"or a training run directory")
+    return resolved.model, resolved.meta, resolved.path.name if resolved.path is not None else resolved.name
+
+
+def _inspected(runtime: Runtime, path: Path, task: Task) -> dict:
+    """What ``runtime.inspect`` checks of a file this machine cannot run, and that it gives the task's outputs."""
+    info = runtime.inspect(path)
+    names = [o["name"] for o in info.get("outputs", [])]
+    if names and names != list(task.outputs):
+        raise VerificationError(f"the exported file gives {', '.join(names)}, not {', '.join(task.outputs)}")
+    return info
 
 
 def _require(runtime: Runtime, precision: str, qat_epochs: int) -> None:
@@ -412,39 +460,56 @@ def _output_path(output, net: MobileNet, fmt: str, precision: str, res: int) -> 
 # verification
 
 
-def verify_export(net: MobileNet, path: Path, backend: str, precision: str, calib: ImageSet | None,
-                  res: int, min_agreement: float = 0.5) -> dict:
-    """Run ``path`` in ``backend`` and compare with ``net`` on the same inputs; raise
-    ``VerificationError`` if it disagrees (fp32: by more than ``FP32_TOLERANCE`` on a logit;
-    int8/bf16: top-1 agreement below ``min_agreement``)."""
+def verify_export(net: nn.Module, path: Path, backend: str, precision: str, calib: ImageSet | None,
+                  res: int, min_agreement: float = 0.5, *, task: Task = CLASSIFICATION) -> dict:
+    """Run ``path`` in ``backend`` and compare with ``net`` (a model of ``task``) on the same inputs;
+    raise ``VerificationError`` if it disagrees. fp32: a classifier's logits by more than
+    ``FP32_TOLERANCE``; each output of a backbone or segmenter by more than ``FP32_TOLERANCE`` times
+    its scale (the largest |value| PyTorch gives, at least 1: deep feature maps reach tens, where
+    float rounding alone differs by 1e-4); a detector: ``_verify_detections``. int8/bf16: top-1
+    agreement below ``min_agreement``."""
     session = open_session(path, backend, threads=1, precision=precision)
-    chans = net.config.in_chans
+    if task.kind == "detection":
+        return _verify_detections(net, session, task, res)
+    chans = task.in_chans
     if precision == "fp32":
         x = calib.images[:8] if calib is not None else random_inputs((chans, res, res), n=4)
     else:
         x = calib.images if calib is not None else random_inputs((chans, res, res), n=32)
-    with torch.inference_mode():
-        ref = net.eval().float()(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-    try:
-        got = session.run(x)
-    except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"{backend} failed to run the exported file: {first_line(exc, 200)}") from exc
-    if got.shape != ref.shape:
-        raise VerificationError(f"exported model returns shape {got.shape}, PyTorch {ref.shape}")
-    if not np.isfinite(got).all():
-        raise VerificationError("exported model returns non-finite logits")
-    diff = float(np.abs(got - ref).max())
-    agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    ref = task.reference(net.float(), x)
+    got = _run_all(session, x, backend)
+    if len(got) != len(ref):
+        raise VerificationError(f"exported model gives {len(got)} outputs, PyTorch {len(ref)}")
+    diffs = {}
+    for name, g, r in zip(task.outputs, got, ref, strict=True):
+        if g.shape != r.shape:
+            label = "" if len(ref) == 1 else f"{name} of "
+            raise VerificationError(f"exported model returns {label}shape {g.shape}, PyTorch {r.shape}")
+        if not np.isfinite(g).all():
+            raise VerificationError(f"exported model returns non-finite {name}")
+        diffs[name] = float(np.abs(g - r).max())
+    scale = {name: 1.0 if task.kind == "classification" else max(1.0, float(np.abs(r).max()))
+             for name, r in zip(task.outputs, ref, strict=True)}
+    worst = max(diffs, key=lambda name: diffs[name] / scale[name])
+    diff = max(diffs.values())
     out = {"backend": backend, "precision": precision, "images": int(len(x)),
-           "inputs": "calibration images" if calib is not None else "random normal",
-           "max_abs_diff": diff, "top1_agreement": agree}
-    if calib is not None and calib.labels is not None and precision != "fp32":
-        out["top1_torch"] = float((ref.argmax(1) == calib.labels).mean())
-        out["top1_export"] = float((got.argmax(1) == calib.labels).mean())
+           "inputs": "calibration images" if calib is not None else "random normal", "max_abs_diff": diff}
+    if task.kind != "classification":
+        out["outputs"] = {name: {"max_abs_diff": diffs[name], "scale": scale[name]} for name in task.outputs}
+    if task.kind == "classification":
+        agree = float((got[0].argmax(1) == ref[0].argmax(1)).mean())
+        out["top1_agreement"] = agree
+        if calib is not None and calib.labels is not None and precision != "fp32":
+            out["top1_torch"] = float((ref[0].argmax(1) == calib.labels).mean())
+            out["top1_export"] = float((got[0].argmax(1) == calib.labels).mean())
+    elif task.kind == "segmentation":  # the share of pixels given the same class
+        out["pixel_agreement"] = float((got[0].argmax(1) == ref[0].argmax(1)).mean())
     if precision == "fp32":
         out["tolerance"] = FP32_TOLERANCE
-        if diff > FP32_TOLERANCE:
-            raise VerificationError(f"{backend} logits differ from PyTorch by {diff:.2e} (> {FP32_TOLERANCE:g}); "
+        if diffs[worst] > FP32_TOLERANCE * scale[worst]:
+            what = "logits differ" if task.kind == "classification" else f"output {worst!r} differs"
+            limit = f"{FP32_TOLERANCE:g}" + ("" if scale[worst] == 1 else f" x its scale {scale[worst]:.3g}")
+            raise VerificationError(f"{backend} {what} from PyTorch by {diffs[worst]:.2e} (> {limit}); "
                                     f"the export is discarded")
     else:
         out["min_agreement"] = min_agreement
@@ -452,6 +517,67 @@ def verify_export(net: MobileNet, path: Path, backend: str, precision: str, cali
             raise VerificationError(f"{precision} model agrees with PyTorch on top-1 for {agree:.1%} of "
                                     f"{len(x)} images (< {min_agreement:.0%}); the export is discarded")
     return out
+
+
+def _run_all(session: Session, x: np.ndarray, backend: str) -> list[np.ndarray]:
+    """Every output of ``session`` on ``x``; a runtime's failure is a ``VerificationError``."""
+    try:
+        return session.run_all(x)
+    except Exception as exc:  # noqa: BLE001
+        raise VerificationError(f"{backend} failed to run the exported file: {first_line(exc, 200)}") from exc
+
+
+def _verify_detections(net: nn.Module, session: Session, task: Task, res: int) -> dict:
+    """A detector's file against ``net`` on ``DETECTION_IMAGES`` structured images (``tasks.structured_images``):
+    each image's detections are paired with PyTorch's (same label, boxes within ``BOX_TOLERANCE`` pixels,
+    scores within ``FP32_TOLERANCE``); a detection with no partner is allowed only at the end of its list
+    (its score within ``FP32_TOLERANCE`` of the lowest kept: the cut of the top-k, where scores that
+    differ by rounding may trade places). Anything else raises ``VerificationError``."""
+    images = structured_images(DETECTION_IMAGES, res).numpy()
+    counts, edge, box_diff, score_diff = [], 0, 0.0, 0.0
+    for i, image in enumerate(images):
+        ref = task.reference(net.float(), image)
+        got = _run_all(session, image, session.backend)
+        if len(got) != 3 or got[0].shape[1:] != (4,) or not all(len(g) == len(got[0]) for g in got):
+            raise VerificationError(f"exported detector gives {[g.shape for g in got]}, not K x 4 boxes, K scores "
+                                    f"and K labels")
+        if not (np.isfinite(got[0]).all() and np.isfinite(got[1]).all()):
+            raise VerificationError("exported detector returns non-finite boxes or scores")
+        pairs, unpaired = _pair_detections(got, ref)
+        if unpaired:
+            raise VerificationError(f"{session.backend} finds {len(got[0])} objects in test image {i}, PyTorch "
+                                    f"{len(ref[0])}; {unpaired} of them have no match (same label, boxes within "
+                                    f"{BOX_TOLERANCE:g} px, scores within {FP32_TOLERANCE:g}); the export is "
+                                    f"discarded")
+        counts.append(len(ref[0]))
+        edge += max(len(ref[0]), len(got[0])) - len(pairs)
+        if pairs:
+            g, r = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+            box_diff = max(box_diff, float(np.abs(got[0][g] - ref[0][r]).max()))
+            score_diff = max(score_diff, float(np.abs(got[1][g] - ref[1][r]).max()))
+    return {"backend": session.backend, "precision": "fp32", "images": len(images), "inputs": "structured test images",
+            "detections": counts, "max_box_diff": box_diff, "max_score_diff": score_diff, "unpaired_at_cut": edge,
+            "box_tolerance": BOX_TOLERANCE, "tolerance": FP32_TOLERANCE}
+
+
+def _pair_detections(got: list[np.ndarray], ref: list[np.ndarray]) -> tuple[list[tuple[int, int]], int]:
+    """Pairs (index in ``got``, index in ``ref``) of matching detections, greedily by PyTorch's order, and
+    the count of detections left unpaired that are not at the cut (see ``_verify_detections``)."""
+    (gb, gs, gl), (rb, rs, rl) = got, ref
+    box = np.abs(gb[:, None, :] - rb[None, :, :]).max(-1) if len(gb) and len(rb) else np.zeros((len(gb), len(rb)))
+    fits = (gl[:, None] == rl[None, :]) & (box <= BOX_TOLERANCE) & (np.abs(gs[:, None] - rs[None, :]) <= FP32_TOLERANCE)
+    pairs, used = [], np.zeros(len(gb), bool)
+    for r in range(len(rb)):
+        candidates = np.flatnonzero(fits[:, r] & ~used)
+        if len(candidates):
+            g = candidates[np.argmin(box[candidates, r])]
+            used[g] = True
+            pairs.append((int(g), r))
+    paired_ref = np.zeros(len(rb), bool)
+    paired_ref[[r for _, r in pairs]] = True
+    cut = min(gs.min() if len(gs) else np.inf, rs.min() if len(rs) else np.inf) + FP32_TOLERANCE
+    unpaired = int((gs[~used] > cut).sum() + (rs[~paired_ref] > cut).sum())
+    return pairs, unpaired
 
 
 # ------------------------------------------------------------------------------------------

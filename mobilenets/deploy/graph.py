@@ -14,26 +14,40 @@ same function with the layout runtimes execute fastest:
 * ``nn.Hardswish`` / ``nn.Hardsigmoid`` kept as modules, so they export as the runtimes' native
   HardSwish / HardSigmoid ops (HARD_SWISH in TFLite) instead of a decomposition;
 * optionally an NHWC input (TFLite, image pipelines that hand over HWC buffers).
+
+Dense-prediction models get the same rewrites and return a tuple of tensors, the order of the
+export's named outputs (``output_list`` gives a PyTorch model's outputs in that order): a backbone
+(``FeatureNet``) its feature maps; a torchvision segmentation model (LR-ASPP, DeepLabV3, FCN) its
+``"out"`` map, the auxiliary head (training only) left out; a torchvision detector (SSD, Faster
+R-CNN) boxes, scores and labels of one ``3 x H x W`` image, its resize, normalisation and
+post-processing (box decoding, NMS) included.
 """
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..core.errors import UsageError
+from ..models.backbone import FeatureNet
 from ..models.layers import ConvNormAct, SqueezeExcite
 from ..models.network import MobileNet, unwrap
 
 
 class GlobalPoolSE(nn.Module):
-    """``SqueezeExcite`` with the squeeze as ``adaptive_avg_pool2d(x, 1)`` (exports as GlobalAveragePool)."""
+    """``SqueezeExcite`` (or torchvision's ``SqueezeExcitation``, the same function) with the squeeze as
+    ``adaptive_avg_pool2d(x, 1)`` (exports as GlobalAveragePool)."""
 
-    def __init__(self, se: SqueezeExcite):
+    def __init__(self, se: nn.Module):
         super().__init__()
-        self.fc1, self.act, self.fc2, self.gate = se.fc1, se.act, se.fc2, se.gate
+        if isinstance(se, SqueezeExcite):
+            self.fc1, self.act, self.fc2, self.gate = se.fc1, se.act, se.fc2, se.gate
+        else:
+            self.fc1, self.act, self.fc2, self.gate = se.fc1, se.activation, se.fc2, se.scale_activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.adaptive_avg_pool2d(x, 1)
@@ -68,27 +82,45 @@ def linear_to_conv(linear: nn.Linear) -> nn.Conv2d:
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every ``ConvNormAct``'s BatchNorm into its conv, in place (the module must be in eval mode)."""
+    """Fold every ``ConvNormAct``'s BatchNorm, and every BatchNorm that follows a conv in an
+    ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``, its heads' conv-BN-ReLU), into the
+    conv, in place (the module must be in eval mode)."""
     for m in module.modules():
         if isinstance(m, ConvNormAct) and isinstance(m.bn, nn.BatchNorm2d):
             m.conv = fuse_conv_bn_eval(m.conv, m.bn)
             m.bn = nn.Identity()
+        elif isinstance(m, nn.Sequential):
+            layers = list(m)
+            for i in range(len(layers) - 1):
+                if type(layers[i]) is nn.Conv2d and type(layers[i + 1]) is nn.BatchNorm2d:
+                    m[i], m[i + 1] = fuse_conv_bn_eval(layers[i], layers[i + 1]), nn.Identity()
     return module
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh)
 
 
 def _strip(module: nn.Module) -> nn.Module:
-    """Dropout -> Identity and SE -> GlobalPoolSE, in place; in-place activations made out-of-place
-    (exporters and quantizers see plain values)."""
+    """Dropout -> Identity and SE (ours, torchvision's) -> GlobalPoolSE, in place; in-place activations
+    made out-of-place (exporters and quantizers see plain values; torch.export decomposes an in-place
+    hard-swish, which XNNPACK would then not run as one)."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Dropout):
             setattr(module, name, nn.Identity())
-        elif isinstance(child, SqueezeExcite):
+        elif isinstance(child, SqueezeExcite) or _is_torchvision_se(child):
             setattr(module, name, _strip(GlobalPoolSE(child)))  # its ReLU made out-of-place too
         else:
-            if isinstance(child, (nn.ReLU, nn.ReLU6)):
+            if isinstance(child, _ACTIVATIONS):
                 child.inplace = False
             _strip(child)
     return module
+
+
+def _is_torchvision_se(module: nn.Module) -> bool:
+    if "torchvision" not in sys.modules:  # a torchvision module means torchvision was imported
+        return False
+    from torchvision.ops.misc import SqueezeExcitation
+    return isinstance(module, SqueezeExcitation)
 
 
 class DeployNet(nn.Module):
@@ -100,9 +132,7 @@ class DeployNet(nn.Module):
 
     def __init__(self, model: MobileNet, nhwc: bool = False, head_as_conv: bool = True):
         super().__init__()
-        src = copy.deepcopy(model).cpu().float().eval()
-        fold_batchnorm(src)
-        _strip(src)
+        src = _rewritten(model)
         self.config = src.config
         self.nhwc = nhwc
         self.stem, self.blocks, self.head = src.stem, src.blocks, src.head
@@ -123,12 +153,104 @@ class DeployNet(nn.Module):
         return self.classifier(self.pre_logits(torch.flatten(x, 1)))
 
 
+def _rewritten(model: nn.Module) -> nn.Module:
+    """An eval-mode float copy of ``model`` with BN folded, dropout gone and SE pools global."""
+    src = copy.deepcopy(model).cpu().float().eval()
+    fold_batchnorm(src)
+    return _strip(src)
+
+
+class DeployFeatures(nn.Module):
+    """A backbone (``FeatureNet``) as runtimes see it: the rewrites of ``DeployNet``, the feature
+    maps returned as a tuple in ``feature_info``'s order; ``nhwc=True`` takes N x H x W x C input."""
+
+    def __init__(self, model: FeatureNet, nhwc: bool = False):
+        super().__init__()
+        self.features = _rewritten(model)
+        self.config, self.nhwc = model.config, nhwc
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.features(x.permute(0, 3, 1, 2) if self.nhwc else x))
+
+
+class DeploySegmenter(nn.Module):
+    """A torchvision segmentation model as runtimes see it: BN folded into the convs, dropout gone,
+    the auxiliary head left out; returns the ``"out"`` map, N x classes x H x W at the input's size."""
+
+    def __init__(self, model: nn.Module, nhwc: bool = False):
+        super().__init__()
+        self.model = _rewritten(model)
+        if getattr(self.model, "aux_classifier", None) is not None:
+            self.model.aux_classifier = None
+        self.nhwc = nhwc
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.permute(0, 3, 1, 2) if self.nhwc else x)["out"]
+
+
+class DeployDetector(nn.Module):
+    """A torchvision detector as runtimes see it, on one image ``3 x H x W`` (float in [0, 1], as
+    torchvision's detectors take): its transform (resize, normalisation), network (BN folded) and
+    post-processing (box decoding, NMS); returns ``(boxes, scores, labels)``: K x 4 boxes (x1, y1,
+    x2, y2 in input pixels), K scores and K int64 labels, best first."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = _rewritten(model)
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        found = self.model([image])[0]
+        return found["boxes"], found["scores"], found["labels"]
+
+
+def torchvision_kind(model: nn.Module) -> str | None:
+    """"segmentation" for torchvision's segmentation models (LR-ASPP, DeepLabV3, FCN), "detection"
+    for its SSD and Faster R-CNN detectors (our builders return these classes), else None."""
+    if "torchvision" not in sys.modules:  # a torchvision model means torchvision was imported
+        return None
+    from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.segmentation import LRASPP
+    from torchvision.models.segmentation._utils import _SimpleSegmentationModel
+    if isinstance(model, (LRASPP, _SimpleSegmentationModel)):
+        return "segmentation"
+    if isinstance(model, SSD) or (isinstance(model, FasterRCNN) and not isinstance(model, (MaskRCNN, KeypointRCNN))):
+        return "detection"
+    return None
+
+
+def output_list(value) -> list[torch.Tensor]:
+    """A PyTorch model's outputs in the order of the export's named outputs: a tensor alone, a list
+    or tuple as it is, a segmentation model's dict as its ``"out"`` map, a detector's list of one
+    image's detections as its boxes, scores and labels."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [value["out"]]
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], dict):
+        return [value[0][k] for k in ("boxes", "scores", "labels")]
+    return list(value)
+
+
 def deploy_module(model: nn.Module, nhwc: bool = False, head_as_conv: bool = True) -> nn.Module:
-    """The export copy of ``model``: a ``DeployNet`` for our MobileNets; any other module is
-    copied in eval mode with only dropout removed (``nhwc`` then adds a permute)."""
+    """The export copy of ``model``: a ``DeployNet`` for our MobileNets, a ``DeployFeatures`` for our
+    backbones, a ``DeploySegmenter`` or ``DeployDetector`` (no ``nhwc``) for torchvision's dense models;
+    any other module is copied in eval mode with only dropout removed (``nhwc`` then adds a permute)."""
     model = unwrap(model)
     if isinstance(model, MobileNet):
         return DeployNet(model, nhwc=nhwc, head_as_conv=head_as_conv)
+    if isinstance(model, FeatureNet):
+        return DeployFeatures(model, nhwc=nhwc)
+    kind = torchvision_kind(model)
+    if kind == "segmentation":
+        return DeploySegmenter(model, nhwc=nhwc)
+    if kind == "detection":
+        if nhwc:
+            raise UsageError("a detector takes one C x H x W image: no NHWC input")
+        return DeployDetector(model)
     other = _strip_dropout(copy.deepcopy(model).cpu().float().eval())
     return _NHWC(other) if nhwc else other
 

@@ -6,9 +6,11 @@ and the zoo read it, so adding a runtime is adding a module and a line below.
 
 ``open_session`` accepts what ``weights.resolve_model`` accepts: a model name, a checkpoint, a
 training run directory, an exported file (its runtime told by its suffix) or a module. ``run``
-always takes N x C x H x W float32 and returns N x classes float32 logits; a file exported with
-NHWC input gets its transpose, and a file exported for a fixed batch is run in chunks of that
-batch, so ``predict`` and ``eval`` need not know how a file was exported. Preprocessing and class
+always takes N x C x H x W float32 and returns N x classes float32 logits; ``run_all`` returns
+every output of a backbone, segmenter or detector, in the export's order (the sidecar's
+``outputs``); a file exported with NHWC input gets its transpose, and a file exported for a
+fixed batch is run in chunks of that batch, so ``predict`` and ``eval`` need not know how a file
+was exported. Preprocessing and class
 names come from the export's JSON sidecar (or the checkpoint's metadata); a file without its
 sidecar still says its input shape, from which the session takes its layout and resolution. A
 runtime that is not installed is a ``UsageError`` naming the pip package.
@@ -99,10 +101,10 @@ def open_session(target, backend: str | None = None, *, threads: int = 1, precis
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if isinstance(target, nn.Module) and not isinstance(unwrap(target), MobileNet):
-        # any other module (a peer implementation) runs in PyTorch as it is
+        # any other module (a backbone, segmenter, detector, a peer implementation) runs in PyTorch as it is
         if (backend or "torch") not in TORCH_BACKENDS:
-            raise UsageError(f"only mobilenets models are converted for {backend}; "
-                             f"export {type(unwrap(target)).__name__} yourself and open the file")
+            raise UsageError(f"only classifiers are converted for {backend} on the fly; export "
+                             f"{type(unwrap(target)).__name__} (mobilenets.deploy.export) and open the file")
         return torch_runtime.TorchSession(target, backend=backend or "torch", device=device, threads=threads,
                                           precision=precision or "fp32")
     if isinstance(target, (str, os.PathLike)):

@@ -27,10 +27,12 @@ class Runtime:
     """One runtime: its name as a backend, its export format and file, and the functions that make
     and run its files.
 
-    ``convert(module, example, path, *, dynamic, opset, verbose, steps)`` writes the fp32 file of
-    an inference module (``graph.deploy_module``). ``quantize(src, dst, calib, *, module, example,
-    **options)`` writes the int8 file, from the fp32 file ``src`` or from ``module`` (as
-    ``int8_from`` says); ``calib`` is N x C x H x W float32 (or NHWC for an NHWC export).
+    ``convert(module, example, path, *, dynamic, opset, verbose, steps, outputs)`` writes the fp32
+    file of an inference module (``graph.deploy_module``), its outputs named ``outputs`` in order
+    (a classifier's ``("logits",)``) where the format names them. ``quantize(src, dst, calib, *,
+    module, example, **options)`` writes the int8 file, from the fp32 file ``src`` or from
+    ``module`` (as ``int8_from`` says); ``calib`` is N x C x H x W float32 (or NHWC for an NHWC
+    export).
     ``session(path, *, threads, precision, meta)`` opens a file. ``inspect(path)``, for a runtime
     that cannot run here, checks what can be checked without running the file (returns a record).
     ``peer_convert(module, example, path)``: how users of the runtime convert a model themselves
@@ -106,7 +108,8 @@ def first_words(exc: BaseException) -> str:
 
 
 class Session:
-    """Base of the runtime sessions. Subclasses implement ``_run`` on the runtime's own layout.
+    """Base of the runtime sessions. Subclasses implement ``_run_all`` (or, for one output, ``_run``)
+    on the runtime's own layout; ``output_names`` lists the model's outputs in the export's order.
 
     ``meta``: the model's ``CheckpointMeta`` (an export's sidecar, a checkpoint's metadata) or a
     sidecar-like dict; ``self.meta`` keeps the sidecar's other fields (precision, input layout,
@@ -128,6 +131,7 @@ class Session:
         self.input_layout: str = self.meta.get("input_layout", "NCHW")
         self.fixed_batch: int | None = None
         self.input_shape: tuple[int | None, ...] | None = None
+        self.output_names: list[str] = []  # the model's outputs, in the export's order (set by the session)
         self.preprocessing: Preprocessing | None = self.checkpoint_meta.preprocessing
         self.class_names: list[str] | None = self.checkpoint_meta.class_names
 
@@ -139,9 +143,9 @@ class Session:
         if self.meta.get("resolution"):
             return int(self.meta["resolution"])
         shape = self.input_shape
-        if shape is None or len(shape) != 4:
+        if shape is None or len(shape) not in (3, 4):
             return None
-        return shape[1] if self.input_layout == "NHWC" else shape[2]
+        return shape[-3] if self.input_layout == "NHWC" else shape[-2]
 
     def feed(self) -> Preprocessing:
         """How to preprocess images for this session: the recorded preprocessing, else the default
@@ -156,44 +160,74 @@ class Session:
 
     def _declare_input(self, shape, *, fixed_batch: bool) -> None:
         """Record the graph's input shape (and its batch when fixed); a file exported without a
-        sidecar that takes ``N x H x W x C`` (last dimension 1 or 3, second not) is run as NHWC."""
+        sidecar that takes ``N x H x W x C`` (last dimension 1 or 3, second not) is run as NHWC, one
+        that takes ``C x H x W`` (a detector's single image) as CHW."""
         dims = tuple(int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else None for d in shape)
         self.input_shape = dims
-        self.fixed_batch = dims[0] if fixed_batch and dims else None
+        if "input_layout" not in self.meta and len(dims) == 3:
+            self.input_layout = "CHW"
+        self.fixed_batch = dims[0] if fixed_batch and dims and self.input_layout != "CHW" else None
         if "input_layout" not in self.meta and len(dims) == 4 and dims[-1] in (1, 3) and dims[1] not in (1, 3):
             self.input_layout = "NHWC"
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """N x C x H x W float32 -> N x classes float32 logits."""
+        """N x C x H x W float32 -> N x classes float32 logits: the output of a one-output model
+        (``run_all`` gives every output of a backbone, segmenter or detector)."""
+        if len(self.output_names) > 1:
+            raise UsageError(f"{self.path.name if self.path else self.backend} gives {len(self.output_names)} "
+                             f"outputs ({', '.join(self.output_names)}): use run_all(x)")
+        return self._batched(self._native(x), lambda c: [np.asarray(self._run(c), dtype=np.float32)])[0]
+
+    __call__ = run
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in the export's order (``output_names``, the sidecar's
+        ``outputs``): N x C x H x W float32 in, each output with the batch first (as in ``run``, a
+        fixed-batch file runs in chunks). A detector (input layout "CHW") takes one image, 3 x H x W
+        or 1 x 3 x H x W, and gives its boxes, scores and labels. A one-output model gives ``[run(x)]``."""
+        if len(self.output_names) <= 1:
+            return [self.run(x)]
+        return self._batched(self._native(x), lambda c: [np.asarray(o) for o in self._run_all(c)])
+
+    def _native(self, x: np.ndarray) -> np.ndarray:
+        """``x`` checked and in the file's layout: NHWC transposed, one CHW image for a detector."""
         x = np.asarray(x)
+        if self.input_layout == "CHW":
+            if x.ndim == 4 and len(x) == 1:
+                x = x[0]
+            if x.ndim != 3:
+                raise UsageError(f"{self.backend} session of a detector takes one 3 x H x W image, got shape {x.shape}")
+            return np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4:
             raise UsageError(f"{self.backend} session expects N x C x H x W input, got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.input_layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return x
+
+    def _batched(self, x: np.ndarray, fn) -> list[np.ndarray]:
+        """``fn`` (native input -> list of outputs) on ``x``, in chunks of a fixed batch (the last one
+        padded), each output concatenated over the chunks."""
         b = self.fixed_batch
-        if b is None or len(x) == b:
-            return np.asarray(self._run(x), dtype=np.float32)
-        outs = []
+        if b is None or self.input_layout == "CHW" or len(x) == b:
+            return fn(x)
+        parts = []
         for i in range(0, len(x), b):
             chunk = x[i:i + b]
             n = len(chunk)
             if n < b:  # pad the last chunk to the exported batch
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(np.asarray(self._run(chunk), dtype=np.float32)[:n])
-        return np.concatenate(outs)
-
-    __call__ = run
+            parts.append([o[:n] for o in fn(chunk)])
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
     def runner(self, x: np.ndarray):
         """A zero-argument callable that runs ``x`` (N x C x H x W), converted once to the file's own
-        layout: what latency loops time, without the per-call conversion of ``run``."""
-        native = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-        if self.input_layout == "NHWC":
-            native = np.ascontiguousarray(native.transpose(0, 2, 3, 1))
-        if self.fixed_batch is not None and len(native) != self.fixed_batch:
-            return lambda: self.run(x)
-        run = self._run
+        layout: what latency loops time, without the per-call conversion of ``run``. Every output is
+        computed."""
+        native = self._native(x)
+        if self.fixed_batch is not None and self.input_layout != "CHW" and len(native) != self.fixed_batch:
+            return lambda: self.run_all(x)
+        run = self._run_all if len(self.output_names) > 1 else self._run
         return lambda: run(native)
 
     def mark(self, precision: str) -> Session:
@@ -202,7 +236,26 @@ class Session:
         return self
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        """The model's (first) output on ``x``, already in the file's layout and batch."""
+        return self._run_all(x)[0]
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output on ``x`` (in the file's layout and batch), in ``output_names``' order. A session
+        implements this, or ``_run`` alone when its files have one output."""
         raise NotImplementedError
+
+    def _name_outputs(self, names: list[str], *, by_position: bool = False) -> list[str]:
+        """Set ``output_names`` from the file's output ``names`` (in the file's order) and return those
+        file names in the export's order. The export's order is the sidecar's ``outputs``: the file's
+        names sorted as the sidecar lists them when the file carries the export's names, else
+        (``by_position``: files whose outputs are numbered, not named: ncnn, TFLite, ExecuTorch) the
+        file's order, named by the sidecar when it lists as many."""
+        wanted = self.meta.get("outputs")
+        wanted = [str(n) for n in wanted] if isinstance(wanted, list) else None
+        if wanted and not by_position and sorted(wanted) == sorted(names):
+            names = list(wanted)
+        self.output_names = wanted if wanted and len(wanted) == len(names) else list(names)
+        return list(names)
 
     def __repr__(self) -> str:
         what = self.path.name if self.path else "module"

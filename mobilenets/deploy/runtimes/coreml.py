@@ -3,7 +3,7 @@
 An export is an ``.mlpackage`` DIRECTORY (iOS 16 / macOS 13 and newer): fp32, fp16 compute (with fp32
 input and output) or int8 weights (``linear_quantize_weights``, computed in float). Core ML runs only on
 macOS; elsewhere ``inspect_coreml`` checks what can be checked without running a package: that it loads,
-its ``input`` (N x C x H x W) -> ``logits`` interface, its operations, precision, int8 weights and weight file.
+its ``input`` (N x C x H x W) -> outputs interface, its operations, precision, int8 weights and weight file.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,13 @@ INT8_OPS = {"constexpr_affine_dequantize": "quantized_data", "constexpr_blockwis
 
 
 def to_coreml(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False, opset: int = 0,
-              verbose: bool = False, steps: Steps = NO_STEPS, precision: str = "fp32") -> None:
+              verbose: bool = False, steps: Steps = NO_STEPS, precision: str = "fp32",
+              outputs: Sequence[str] = ("logits",)) -> None:
     """An ML program of ``module`` (traced with ``torch.jit.trace``, coremltools' stable PyTorch path) saved
     as the ``.mlpackage`` directory ``path``: input ``input`` of the example's shape (with ``dynamic`` a batch
-    of 1 to 4096), output ``logits``, both float32; ``precision`` "fp16" computes in fp16. ``opset`` and
-    ``verbose`` are accepted for the converter interface and unused."""
+    of 1 to 4096), the module's outputs named ``outputs`` (a classifier's ``logits``), all float32;
+    ``precision`` "fp16" computes in fp16. ``opset`` and ``verbose`` are accepted for the converter
+    interface and unused."""
     ct = RUNTIME.require()
     if precision not in COMPUTE_PRECISION:
         raise UsageError(f"Core ML export computes in {' or '.join(COMPUTE_PRECISION)}, not {precision!r}")
@@ -49,7 +52,8 @@ def to_coreml(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: 
             with torch.no_grad():
                 traced = torch.jit.trace(module, example)
             mlmodel = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=shape, dtype=np.float32)],
-                                 outputs=[ct.TensorType(name="logits", dtype=np.float32)], convert_to="mlprogram",
+                                 outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs],
+                                 convert_to="mlprogram",
                                  minimum_deployment_target=getattr(ct.target, TARGET),
                                  compute_precision=getattr(ct.precision, COMPUTE_PRECISION[precision]))
         except Exception as exc:  # noqa: BLE001 - surface the converter's first line
@@ -115,11 +119,12 @@ def runs_here() -> str | None:
 
 def inspect_coreml(path: str | os.PathLike) -> dict:
     """What can be verified of a package without running it: it loads; it takes one float ``input`` of
-    N x C x H x W and gives ``logits`` (N x classes); its MIL operations (``ops``: those that compute,
-    ``op_types``: their count by type, ``constants``: the weight and constant ops), its compute precision
-    (the float type of what the compute ops write: fp32, fp16 or mixed), its int8 weights, that its weight
-    file holds every weight the program reads, and its size. A package that fails any of these is a
-    one-line ``UsageError``."""
+    N x C x H x W and gives its outputs (``outputs``: name, shape and type of each, in the program's
+    order; a classifier's one ``logits`` must be N x classes, ``output`` and ``classes`` say them); its
+    MIL operations (``ops``: those that compute, ``op_types``: their count by type, ``constants``: the
+    weight and constant ops), its compute precision (the float type of what the compute ops write: fp32,
+    fp16 or mixed), its int8 weights, that its weight file holds every weight the program reads, and
+    its size. A package that fails any of these is a one-line ``UsageError``."""
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"{path}: not a Core ML package (an .mlpackage directory)")
@@ -136,8 +141,8 @@ def inspect_coreml(path: str | os.PathLike) -> dict:
     inputs, outputs = _features(spec.description.input), _features(spec.description.output)
     if len(inputs) != 1 or inputs[0]["name"] != "input" or len(inputs[0]["shape"] or ()) != 4:
         raise UsageError(f"{path}: takes {_say(inputs)}, not one 'input' of N x C x H x W")
-    if len(outputs) != 1 or outputs[0]["name"] != "logits":
-        raise UsageError(f"{path}: gives {_say(outputs)}, not one 'logits'")
+    if not outputs:
+        raise UsageError(f"{path}: gives no output")
 
     fn = spec.mlProgram.functions.get("main")
     if fn is None or fn.opset not in fn.block_specializations:
@@ -153,13 +158,15 @@ def inspect_coreml(path: str | os.PathLike) -> dict:
     float_weights = sum(1 for op in ops if op.type == "const" and _is_float_weight(op.outputs[0], dtype))
     _check_weight_file(path, model, ops)
 
-    output_shape = outputs[0]["shape"] or _block_output_shape(block, ops)
-    if output_shape is not None and len(output_shape) != 2:
+    outputs = [{**out, "shape": out["shape"] or _block_output_shape(block, ops, i)} for i, out in enumerate(outputs)]
+    output_shape = outputs[0]["shape"]
+    logits = len(outputs) == 1 and outputs[0]["name"] == "logits"
+    if logits and output_shape is not None and len(output_shape) != 2:
         raise UsageError(f"{path}: its 'logits' have shape {output_shape}, not N x classes")
     target = next((t.name for t in ct.target if t.value == spec.specificationVersion), None)
     return {"format": "coreml", "path": str(path), "spec_version": spec.specificationVersion,
-            "deployment_target": target, "input": inputs[0], "output": {**outputs[0], "shape": output_shape},
-            "classes": output_shape[1] if output_shape else None, "ops": sum(op_types.values()),
+            "deployment_target": target, "input": inputs[0], "output": outputs[0], "outputs": outputs,
+            "classes": output_shape[1] if logits and output_shape else None, "ops": sum(op_types.values()),
             "op_types": dict(op_types.most_common()), "constants": len(ops) - sum(op_types.values()),
             "precision": _precision(floats),
             "int8": int8 > 0, "int8_weights": int8, "float_weights": float_weights,
@@ -212,9 +219,10 @@ def _is_float_weight(value, dtype) -> bool:
     return value.type.HasField("tensorType") and tensor.rank >= 2 and dtype(tensor.dataType) in ("FLOAT16", "FLOAT32")
 
 
-def _block_output_shape(block, ops) -> tuple[int | None, ...] | None:
-    """The shape the program gives its output (a flexible batch leaves the description's shape empty)."""
-    name = block.outputs[0] if block.outputs else None
+def _block_output_shape(block, ops, index: int = 0) -> tuple[int | None, ...] | None:
+    """The shape the program gives its output ``index`` (a flexible batch leaves the description's shape
+    empty)."""
+    name = block.outputs[index] if len(block.outputs) > index else None
     for op in ops:
         for out in op.outputs:
             if out.name == name and out.type.HasField("tensorType"):
@@ -262,11 +270,13 @@ class CoreMLSession(Session):
         except Exception as exc:  # noqa: BLE001
             raise load_error(self.backend, path, exc) from None
         description = self.model.get_spec().description
-        self._input, self._output = description.input[0].name, description.output[0].name
+        self._input = description.input[0].name
+        self._outputs = self._name_outputs([out.name for out in description.output])
         self._declare_input(_features(description.input[:1])[0]["shape"] or (), fixed_batch=True)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict({self._input: x})[self._output], dtype=np.float32)
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        result = self.model.predict({self._input: x})
+        return [np.asarray(result[name], dtype=np.float32) for name in self._outputs]
 
 
 RUNTIME = Runtime(backend="coreml", module="coremltools", package="coremltools", dist="coremltools", format="coreml",

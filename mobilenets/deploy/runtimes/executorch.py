@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,10 @@ def for_xnnpack(module: nn.Module) -> nn.Module:
 
 
 def to_pte(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False, opset: int = 0,
-           verbose: bool = False, steps: Steps = NO_STEPS) -> None:
-    """fp32 ``.pte``: ``torch.export`` of the inference module, wholly delegated to XNNPACK (fixed batch)."""
+           verbose: bool = False, steps: Steps = NO_STEPS, outputs: Sequence[str] = ("logits",)) -> None:
+    """fp32 ``.pte``: ``torch.export`` of the inference module, wholly delegated to XNNPACK (fixed batch).
+    A program's outputs are numbered, not named: ``outputs`` (the sidecar's names) is accepted for
+    the converter interface."""
     with steps("trace"), quiet():
         try:
             program = torch.export.export(for_xnnpack(module), (example,))
@@ -156,12 +159,14 @@ class ExecuTorchSession(Session):
                 self.method = program.load_method("forward")
                 meta = self.method.metadata.input_tensor_meta(0)
                 shape = list(meta.sizes())
+                outputs = self.method.metadata.num_outputs()
         except Exception as exc:  # noqa: BLE001
             raise load_error("executorch", path, exc) from None
         self._declare_input(shape, fixed_batch=True)
+        self._name_outputs([f"output_{i}" for i in range(outputs)], by_position=True)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.method.execute([torch.from_numpy(x)])[0].numpy()
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return [y.numpy() for y in self.method.execute([torch.from_numpy(x)])]
 
 
 RUNTIME = Runtime(backend="executorch", module="executorch.runtime", package="executorch", dist="executorch",

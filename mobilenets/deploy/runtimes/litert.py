@@ -5,6 +5,8 @@ delegate.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,13 @@ from .base import Runtime, Session, load_error
 
 
 def to_tflite(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False, opset: int = 0,
-              verbose: bool = False, steps: Steps = NO_STEPS) -> None:
-    """TFLite through LiteRT's PyTorch converter (litert-torch)."""
+              verbose: bool = False, steps: Steps = NO_STEPS, outputs: Sequence[str] = ("logits",)) -> None:
+    """TFLite through LiteRT's PyTorch converter (litert-torch); the signature's outputs named
+    ``outputs``, in order."""
     litert_torch = require_litert_torch()
     with steps("trace"), quiet():
         try:
-            edge = litert_torch.convert(module, (example,))
+            edge = litert_torch.convert(_Named(module, outputs), (example,))
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"litert-torch conversion failed: {first_line(exc)}") from exc
     with steps("write"), quiet():
@@ -30,6 +33,22 @@ def to_tflite(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: 
             edge.export(str(path))
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"litert-torch could not write {path.name}: {first_line(exc)}") from exc
+
+
+class _Named(nn.Module):
+    """``module`` with its outputs returned as a dict by name: litert-torch names the signature's
+    outputs by the keys (a tuple would give ``output_0``, ``output_1``...)."""
+
+    def __init__(self, module: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.module, self.names = module, list(names)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.module(x)
+        out = [out] if isinstance(out, torch.Tensor) else list(out)
+        if len(out) != len(self.names):
+            raise ExportError(f"the module gives {len(out)} outputs, {len(self.names)} names were given")
+        return dict(zip(self.names, out, strict=True))
 
 
 def require_litert_torch():
@@ -134,15 +153,26 @@ class LiteRTSession(Session):
         except Exception as exc:  # noqa: BLE001
             raise load_error("litert", path, exc) from None
         self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
+        details = {d["index"]: d for d in self.interp.get_output_details()}
+        signature = self.interp._get_full_signature_list() or {}  # {key: {"outputs": {name: tensor index}}}
+        named = next(iter(signature.values()), {}).get("outputs") or {}
+        by_name = {name: details[i] for name, i in named.items() if i in details} if len(named) == len(details) \
+            else {d["name"]: d for d in details.values()}
+        # the signature lists litert-torch's outputs by name (ours), or as output_0, output_1... in order
+        numbered = all(_index_of(n) is not None for n in by_name)
+        order = sorted(by_name, key=_index_of) if numbered else list(by_name)
+        self._outs = [by_name[n] for n in self._name_outputs(order, by_position=numbered)]
+        self.out = self._outs[0]
         self._declare_input(list(self.inp["shape"]), fixed_batch=True)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        x = self._quant(x, self.inp)
-        self.interp.set_tensor(self.inp["index"], x)
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        self.interp.set_tensor(self.inp["index"], self._quant(x, self.inp))
         self.interp.invoke()
-        y = self.interp.get_tensor(self.out["index"])
-        scale, zero = self.out.get("quantization", (0.0, 0))
+        return [self._dequant(self.interp.get_tensor(out["index"]), out) for out in self._outs]
+
+    @staticmethod
+    def _dequant(y: np.ndarray, detail: dict) -> np.ndarray:
+        scale, zero = detail.get("quantization", (0.0, 0))
         if y.dtype != np.float32 and scale:
             y = (y.astype(np.float32) - zero) * scale
         return y
@@ -154,6 +184,12 @@ class LiteRTSession(Session):
         scale, zero = detail.get("quantization", (0.0, 0))
         info = np.iinfo(detail["dtype"])
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+
+def _index_of(name: str) -> int | None:
+    """k of a numbered output name ("output_k"), else None."""
+    match = re.fullmatch(r"output_(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 def peer_tflite(module: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,28 +32,34 @@ ONNX_OPSET = 17  # the scratch ONNX file's opset (the TorchScript exporter; MNN'
 QUANT_CONFIG = {"feature_quantize_method": "KL", "weight_quantize_method": "MAX_ABS", "feature_clamp_value": 127,
                 "weight_clamp_value": 127, "quant_bits": 8, "input_type": "sequence"}
 
+# (HintMode.WINOGRAD_MEMORY_LEVEL, level) of the sessions: at its default level, 3, MNN picks its largest Winograd
+# tiles for stride-1 3x3 convolutions, which lose fp32 precision (5e-4 relative on DeepLabV3's head at 520 px, beyond
+# the export's 1e-4); level 1 keeps them within 1e-5 at the same speed.
+WINOGRAD_HINT = (3, 1)
+
 # What runs a tool of MNN's ``_tools`` extension in the child: argv is (tool, its arguments...), as its command
 # line. (MNN 3.6.1's own ``mnnquant`` script passes them as three strings, which crashes the tool.)
 _CHILD = "import sys, _tools; getattr(_tools, sys.argv[1])(sys.argv[1:])"
 
 
 def to_mnn(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False, opset: int = DEFAULT_OPSET,
-           verbose: bool = False, steps: Steps = NO_STEPS) -> None:
-    """Write ``path`` (.mnn, fp32 weights): ONNX in a scratch folder, then MNN's converter. ``opset`` does not
-    apply (the ONNX file is only the converter's input). ``dynamic`` exports a dynamic ONNX batch, which MNN
-    stores as 1: an MNN file declares one batch (``example``'s), and sessions run at it."""
+           verbose: bool = False, steps: Steps = NO_STEPS, outputs: Sequence[str] = ("logits",)) -> None:
+    """Write ``path`` (.mnn, fp32 weights): ONNX in a scratch folder, then MNN's converter; the outputs named
+    ``outputs``. ``opset`` does not apply (the ONNX file is only the converter's input). ``dynamic`` exports a
+    dynamic ONNX batch, which MNN stores as 1: an MNN file declares one batch (``example``'s), and sessions
+    run at it."""
     RUNTIME.require()
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="mobilenets-mnn-") as tmp:
         work = Path(tmp)
         onnx_file, out = work / "model.onnx", work / "model.mnn"
         with steps("trace"), quiet():
-            axes = {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}} if dynamic else {}
+            axes = {"dynamic_axes": {n: {0: "batch"} for n in ["input", *outputs]}} if dynamic else {}
             try:
                 with torch.no_grad():
                     torch.onnx.export(module.eval(), (example,), str(onnx_file), opset_version=ONNX_OPSET,
-                                      dynamo=False, input_names=["input"], output_names=["logits"], verbose=verbose,
-                                      **axes)
+                                      dynamo=False, input_names=["input"], output_names=list(outputs),
+                                      verbose=verbose, **axes)
             except Exception as exc:  # noqa: BLE001 - surface the exporter's first line
                 raise ExportError(f"torch.onnx export failed: {first_line(exc)}") from exc
             _run_tool("mnnconvert", ["-f", "ONNX", "--modelFile", str(onnx_file), "--MNNModel", str(out),
@@ -150,9 +157,9 @@ def _why(exc: BaseException) -> str:
 
 class MNNSession(Session):
     """An ``.mnn`` file in MNN's Interpreter: one CPU session of ``threads`` threads at fp32 ("high")
-    precision, run at the file's batch (the base class chunks other batches). An int8 file runs its
-    float parts in fp32 too. (Not MNN's Module API: in MNN 3.6.1 it returns wrong logits, different
-    from call to call, on int8 files.)"""
+    precision, with Winograd tiles that keep it (``WINOGRAD_HINT``), run at the file's batch (the base
+    class chunks other batches). An int8 file runs its float parts in fp32 too. (Not MNN's Module
+    API: in MNN 3.6.1 it returns wrong logits, different from call to call, on int8 files.)"""
 
     backend = "mnn"
 
@@ -164,27 +171,36 @@ class MNNSession(Session):
         try:
             with quiet():  # MNN prints its CPU features, precision and load errors
                 interpreter = _interpreter(self.path)
+                interpreter.setSessionHint(*WINOGRAD_HINT)
                 session = interpreter.createSession({"backend": "CPU", "precision": "high", "numThread": threads})
                 inputs, outputs = interpreter.getSessionInputAll(session), interpreter.getSessionOutputAll(session)
-                if len(inputs) != 1 or len(outputs) != 1:
-                    raise ValueError(f"expected one input and one output, found {list(inputs)} and {list(outputs)}")
-                inp, out = next(iter(inputs.values())), next(iter(outputs.values()))
-                shape, out_shape = [int(d) for d in inp.getShape()], tuple(int(d) for d in out.getShape())
-                host = mnn.Tensor(out_shape, mnn.Halide_Type_Float, np.zeros(out_shape, np.float32),
-                                  mnn.Tensor_DimensionType_Caffe)
+                if len(inputs) != 1 or not outputs:
+                    raise ValueError(f"expected one input and some output, found {list(inputs)} and {list(outputs)}")
+                inp = next(iter(inputs.values()))
+                shape = [int(d) for d in inp.getShape()]
+                # (output tensor, host tensor of its shape in plain NCHW) by output, in the export's order
+                pairs = []
+                for name in self._name_outputs(list(outputs)):
+                    out_shape = tuple(int(d) for d in outputs[name].getShape())
+                    pairs.append((outputs[name], mnn.Tensor(out_shape, mnn.Halide_Type_Float,
+                                                            np.zeros(out_shape, np.float32),
+                                                            mnn.Tensor_DimensionType_Caffe)))
         except Exception as exc:  # noqa: BLE001 - any failure to load is the one-line load error
             raise load_error("mnn", self.path, ValueError(_why(exc))) from None
-        self._interpreter, self._session, self._input, self._output, self._host = interpreter, session, inp, out, host
+        self._interpreter, self._session, self._input, self._outputs = interpreter, session, inp, pairs
         self._tensor = mnn.Tensor
         self._float, self._plain = mnn.Halide_Type_Float, mnn.Tensor_DimensionType_Caffe
         self._declare_input(shape, fixed_batch=True)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         # the session's input is in MNN's own packed layout (NC4HW4): copyFrom converts from plain NCHW
         self._input.copyFrom(self._tensor(x.shape, self._float, x, self._plain))
         self._interpreter.runSession(self._session)
-        self._output.copyToHostTensor(self._host)
-        return np.array(self._host.getNumpyData(), dtype=np.float32)  # a copy: the host tensor is reused
+        outs = []
+        for out, host in self._outputs:
+            out.copyToHostTensor(host)
+            outs.append(np.array(host.getNumpyData(), dtype=np.float32))  # a copy: the host tensor is reused
+        return outs
 
 
 RUNTIME = Runtime(backend="mnn", module="MNN", package="MNN", dist="MNN", format="mnn", suffix=".mnn",

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,11 @@ _STORAGE = {"fp32": (False, False), "fp16": (True, False), "bf16": (False, True)
 
 
 def to_ncnn(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False, opset: int = 0,
-            verbose: bool = False, steps: Steps = NO_STEPS) -> None:
+            verbose: bool = False, steps: Steps = NO_STEPS, outputs: Sequence[str] = ("logits",)) -> None:
     """Write ``path`` (.param) and its .bin (fp32 weights): TorchScript trace, then the pnnx converter in a
     scratch folder, of which only the two ncnn files are kept. ``dynamic`` and ``opset`` do not apply (an ncnn
-    file takes one image; sessions run a batch image by image)."""
+    file takes one image; sessions run a batch image by image). pnnx names the outputs ``out0``, ``out1``...
+    in the module's order; ``outputs`` (the sidecar's names for them) sets how many there must be."""
     ncnn = RUNTIME.require()
     pnnx = import_or_explain("pnnx", "pnnx", "ncnn export")
     path = Path(path)
@@ -57,6 +59,9 @@ def to_ncnn(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bo
             unknown = sorted({layer[0] for layer in _layers(text) if ncnn.layer_to_index(layer[0]) < 0})
             if unknown:
                 raise ExportError(f"pnnx conversion failed: ncnn has no layer for {', '.join(unknown)}")
+            blobs = {top for layer in _layers(text) for top in layer[2] if _index_of(top) is not None}
+            if len(blobs) != len(outputs):
+                raise ExportError(f"pnnx conversion gave {len(blobs)} outputs, the model has {len(outputs)}")
             path.write_text(_with_input_shape(text, shape))
             shutil.move(str(weights), str(path.with_suffix(".bin")))
 
@@ -108,6 +113,12 @@ def _with_input_shape(text: str, shape: tuple[int, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _index_of(blob: str) -> int | None:
+    """k of pnnx's output blob ``out{k}``, else None."""
+    match = re.fullmatch(r"out(\d+)", blob)
+    return int(match.group(1)) if match else None
+
+
 def read_param(path: Path) -> tuple[tuple[int, int, int] | None, str]:
     """(c, h, w) of the first Input layer of a text .param (None when it declares none) and its magic line."""
     text = Path(path).read_text(errors="replace")
@@ -154,21 +165,28 @@ class NcnnSession(Session):
                 if net.load_model(str(weights)) != 0:
                     raise ValueError(f"ncnn could not read {weights.name}")
             inputs, outputs = list(net.input_names()), list(net.output_names())
-            if len(inputs) != 1 or len(outputs) != 1:
-                raise ValueError(f"expected one input and one output, found {inputs} and {outputs}")
+            if len(inputs) != 1 or not outputs:
+                raise ValueError(f"expected one input and some output, found {inputs} and {outputs}")
         except Exception as exc:  # noqa: BLE001 - any failure to load is the one-line load error
             raise load_error("ncnn", self.path, exc) from None
         self._net, self._mat = net, ncnn.Mat
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        # pnnx numbers the outputs in the module's order (out0, out1...); ncnn lists them as its layers come
+        numbered = all(_index_of(n) is not None for n in outputs)
+        self._outputs = self._name_outputs(sorted(outputs, key=_index_of) if numbered else outputs, by_position=True)
+        self.input_name, self.output_name = inputs[0], self._outputs[0]
         self._declare_input((1, *(shape or (None, None, None))), fixed_batch=True)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each output with its batch dimension back (ncnn has none): 1 x classes, 1 x C x H x W."""
         ex = self._net.create_extractor()
         ex.input(self.input_name, self._mat(x[0]))  # shares x's memory, no copy
-        ret, out = ex.extract(self.output_name)
-        if ret:
-            raise UsageError(f"ncnn could not run {self.path.name} on input {x.shape} (error {ret})")
-        return np.array(out).reshape(1, -1)
+        outs = []
+        for name in self._outputs:
+            ret, out = ex.extract(name)
+            if ret:
+                raise UsageError(f"ncnn could not run {self.path.name} on input {x.shape} (error {ret})")
+            outs.append(np.array(out)[None])
+        return outs
 
 
 RUNTIME = Runtime(backend="ncnn", module="ncnn", package="ncnn", dist="ncnn", format="ncnn", suffix=".param",

@@ -4,7 +4,9 @@ TensorRT execution providers where ``onnxruntime-gpu`` is installed (``providers
 """
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +46,43 @@ def check_opset(opset: int) -> None:
 
 
 def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False, opset: int = 18,
-            verbose: bool = False, steps: Steps = NO_STEPS) -> None:
-    """torch.onnx (the torch.export-based exporter), then our ONNX-level clean-ups: global pools
-    as ``GlobalAveragePool``, no exporter metadata, a batch dimension named ``batch`` when dynamic."""
+            verbose: bool = False, steps: Steps = NO_STEPS, outputs: Sequence[str] = ("logits",),
+            dynamo: bool = True) -> None:
+    """torch.onnx (the torch.export-based exporter; ``dynamo=False``: the TorchScript one, which
+    traces what torch.export cannot, such as a detector's data-dependent post-processing), then our
+    ONNX-level clean-ups: global pools as ``GlobalAveragePool``, no exporter metadata, a batch
+    dimension named ``batch`` when dynamic. The input is named ``input``, the module's outputs
+    ``outputs``, in order."""
     import onnx
     check_opset(opset)
-    kwargs = {}
-    if dynamic:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    names = list(outputs)
     with steps("trace"), quiet():
         try:
-            program = torch.onnx.export(module, (example,), None, opset_version=opset, dynamo=True,
-                                        input_names=["input"], output_names=["logits"], verbose=verbose,
-                                        report=False, **kwargs)
+            if dynamo:
+                shapes = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},)} if dynamic else {}
+                proto = torch.onnx.export(module, (example,), None, opset_version=opset, dynamo=True,
+                                          input_names=["input"], output_names=names, verbose=verbose,
+                                          report=False, **shapes).model_proto
+            else:
+                axes = {"dynamic_axes": {n: {0: "batch"} for n in ["input", *names]}} if dynamic else {}
+                buffer = io.BytesIO()
+                with torch.no_grad():
+                    torch.onnx.export(module, (example,), buffer, opset_version=opset, dynamo=False,
+                                      input_names=["input"], output_names=names, verbose=verbose, **axes)
+                proto = onnx.load_from_string(buffer.getvalue())
         except Exception as exc:  # noqa: BLE001 - surface the exporter's first line
             raise ExportError(f"torch.onnx export failed: {first_line(exc)}") from exc
     with steps("write"):
-        proto = program.model_proto
         reduce_mean_to_global_pool(proto)
         strip_metadata(proto)
         if dynamic:
-            for value in (proto.graph.input[0], proto.graph.output[0]):
+            for value in (proto.graph.input[0], *proto.graph.output):
                 dim = value.type.tensor_type.shape.dim[0]
                 dim.Clear()
                 dim.dim_param = "batch"
         proto.producer_name = "mobilenets"
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
-
 
 
 ONNX_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}  # ours -> onnxruntime's QuantFormat
@@ -161,11 +172,12 @@ class OrtSession(Session):
             raise load_error(self.backend, path, exc) from None
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
-        self.output_name = self.sess.get_outputs()[0].name
+        self._outputs = self._name_outputs([o.name for o in self.sess.get_outputs()])
+        self.output_name = self._outputs[0]
         self._declare_input(inp.shape, fixed_batch=True)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.sess.run([self.output_name], {self.input_name: x})[0]
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.sess.run(self._outputs, {self.input_name: x})
 
 
 

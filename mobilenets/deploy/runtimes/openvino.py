@@ -5,6 +5,7 @@ It also runs ``.onnx`` files.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from .base import Runtime, Session, load_error
 
 
 def to_openvino(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool, opset: int = 0,
-                verbose: bool = False, steps: Steps = NO_STEPS) -> None:
-    """OpenVINO IR from the torch module (``openvino.convert_model``), fp32 weights."""
+                verbose: bool = False, steps: Steps = NO_STEPS, outputs: Sequence[str] = ("logits",)) -> None:
+    """OpenVINO IR from the torch module (``openvino.convert_model``), fp32 weights; its outputs named
+    ``outputs``, in order."""
     import openvino as ov
     shape = list(example.shape)
     if dynamic:
@@ -29,13 +31,16 @@ def to_openvino(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"openvino conversion failed: {first_line(exc)}") from exc
     with steps("write"), quiet():
-        save_openvino(ovm, path)
+        save_openvino(ovm, path, outputs)
 
 
-def save_openvino(ovm, path: Path) -> None:
-    """Name the IR's input and output as the ONNX files do and save it (.xml + .bin), fp32 weights."""
+def save_openvino(ovm, path: Path, outputs: Sequence[str] = ("logits",)) -> None:
+    """Name the IR's input and outputs as the ONNX files do and save it (.xml + .bin), fp32 weights."""
     import openvino as ov
-    ovm.outputs[0].get_tensor().set_names({"logits"})
+    if len(ovm.outputs) != len(outputs):
+        raise ExportError(f"openvino conversion gave {len(ovm.outputs)} outputs, the model has {len(outputs)}")
+    for port, name in zip(ovm.outputs, outputs, strict=True):
+        port.get_tensor().set_names({name})
     ovm.inputs[0].get_tensor().set_names({"input"})
     ov.save_model(ovm, str(path), compress_to_fp16=False)
 
@@ -97,9 +102,18 @@ class OpenVINOSession(Session):
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self._declare_input([d.get_length() if d.is_static else None for d in shape], fixed_batch=True)
+        ports = {self._label(i, out): out for i, out in enumerate(self.compiled.outputs)}
+        self._ports = [ports[name] for name in self._name_outputs(list(ports))]
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: x})[0], copy=True)
+    def _label(self, i: int, port) -> str:
+        """An output's name: the one of its tensor names the sidecar lists, else any of them."""
+        names = port.get_names()
+        listed = sorted(names & set(map(str, self.meta.get("outputs") or ())))
+        return listed[0] if listed else (port.get_any_name() if names else f"output{i}")
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        result = self.request.infer({0: x})
+        return [np.array(result[port], copy=True) for port in self._ports]
 
 
 RUNTIME = Runtime(backend="openvino", module="openvino", package="openvino", format="openvino", suffix=".xml",

@@ -14,6 +14,8 @@ import torch
 from ...core.errors import UsageError
 from ...core.hardware import resolve_device
 from ...models.network import unwrap
+from ..graph import output_list
+from ..tasks import find_task
 from .base import Runtime, Session
 
 MODES = {"torch": "eager", "compile": "torch.compile", "cudagraphs": "CUDA graphs"}
@@ -51,6 +53,10 @@ class TorchSession(Session):
         config = getattr(unwrap(model), "config", None)
         if config is not None:
             self.input_shape = (None, config.in_chans, config.resolution, config.resolution)
+        task = find_task(model)
+        self.output_names = list(task.outputs) if task else []
+        if task is not None and task.kind == "detection":
+            self.input_layout = task.input_layout
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -58,12 +64,15 @@ class TorchSession(Session):
         return torch.autocast(self.torch_device.type, dtype or torch.float32, enabled=dtype is not None,
                               cache_enabled=self.backend != "cudagraphs")
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the export's order (``graph.output_list``); a detector runs on the one image ``x``."""
         t = torch.from_numpy(x)
         if self.backend == "cudagraphs":
-            return self._replay(t)
+            return [self._replay(t)]
+        t = t.to(self.torch_device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            return self._fn(t.to(self.torch_device, non_blocking=True)).float().cpu().numpy()
+            value = self._fn([t]) if self.input_layout == "CHW" else self._fn(t)
+        return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in output_list(value)]
 
     def _replay(self, t: torch.Tensor) -> np.ndarray:
         """Copy ``t`` into the captured input buffer, replay the graph of its shape, read the output."""
