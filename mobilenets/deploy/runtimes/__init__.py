@@ -189,10 +189,10 @@ def summarize(times_ms: list[float]) -> dict:
 
 def interleaved_times(sessions: dict[str, Session], x: np.ndarray, *, warmup: int = 10, rounds: int = 20,
                       per_round: int = 10) -> dict[str, list[float]]:
-    """Milliseconds of every ``run(x)`` of several sessions, ``per_round`` runs each in ``rounds``
-    alternating rounds (``core.timing.interleaved_times``), so that the load of a shared
-    machine hits them all alike."""
-    runners = {k: (lambda s=s: s.run(x)) for k, s in sessions.items()}
+    """Milliseconds of every ``run_all(x)`` (every output: a backbone's maps, a detector's boxes) of
+    several sessions, ``per_round`` runs each in ``rounds`` alternating rounds
+    (``core.timing.interleaved_times``), so that the load of a shared machine hits them all alike."""
+    runners = {k: (lambda s=s: s.run_all(x)) for k, s in sessions.items()}
     return _latency.interleaved_times(runners, warmup=warmup, iters=rounds * per_round, rounds=rounds)
 
 
