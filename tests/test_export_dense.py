@@ -317,3 +317,45 @@ def test_detections_that_differ_leave_nothing(tmp_path, monkeypatch):
     with pytest.raises(VerificationError, match="have no match"):
         export(ssdlite(), "onnx", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------
+# every family in every head
+
+
+@needs["onnx"]
+@pytest.mark.parametrize("family", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenext"])
+def test_every_family_in_every_head_exports_to_onnx(family, tmp_path):
+    """Our builders on each family, exported and verified; BN statistics from data and class logits
+    spread (as for torchvision's models above), so that detections are distinct and comparable."""
+    from mobilenets import detection, segmentation
+
+    def spread_detector(m, res):
+        batch = lambda m: m.transform(list(structured_images(4, res, seed=5)))[0].tensors  # noqa: E731
+        if hasattr(m, "rpn"):
+            m = calibrated(m, lambda m: m.backbone(batch(m)))
+            with torch.no_grad():
+                m.roi_heads.box_predictor.cls_score.weight.mul_(10.0)
+            return m
+        m = calibrated(m, lambda m: m.head(list(m.backbone(batch(m)).values())))
+        with torch.no_grad():
+            for block in m.head.classification_head.module_list:
+                block[-1].weight.mul_(2.0)
+        return m
+
+    torch.manual_seed(0)
+    for name, build, kw in [("lraspp", segmentation.lraspp, {}), ("deeplabv3", segmentation.deeplabv3, {}),
+                            ("ssdlite320", detection.ssdlite320, {}),
+                            ("fasterrcnn_fpn", detection.fasterrcnn_fpn, {"min_size": 96, "max_size": 96})]:
+        model = build(family, width=0.35, num_classes=3, **kw)
+        dense = name in ("lraspp", "deeplabv3")
+        model = calibrated(model, lambda m: m(images())) if dense else spread_detector(model, model.resolution)
+        result = export(model, "onnx", tmp_path / name, resolution=RES if dense else None)
+        side = json.loads(result.sidecar.read_text())
+        assert side["task"] == name and result.path.name.startswith(f"{name}-{family}-w0.35")
+        assert result.verification["backend"] == "onnxruntime"
+        if dense:
+            assert side["output_shapes"] == [[1, 3, RES, RES]]
+        else:
+            assert side["outputs"] == ["boxes", "scores", "labels"]
+            assert min(result.verification["detections"]) > 0
