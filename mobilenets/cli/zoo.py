@@ -6,16 +6,13 @@ import json
 import typer
 from rich.table import Table
 
-from .. import detection, segmentation
 from ..core.errors import UsageError
 from ..measure.profile import DETECTORS
 from ..measure.profile import profile as profile_model
 from ..models import VARIANTS, get_variant, match_models
 from ..weights import create_model
 from .common import console
-
-TASKS = {"ssdlite320": detection.ssdlite320, "fasterrcnn_fpn": detection.fasterrcnn_fpn,
-         "lraspp": segmentation.lraspp, "deeplabv3": segmentation.deeplabv3}
+from .options import TASKS, task_builder
 
 
 def _m(x: float | None, digits: int = 1) -> str:
@@ -91,15 +88,14 @@ def profile_cmd(
 
 def _profile_task(task: str, backbone: str, width, resolution, num_classes, options: dict, as_json: bool) -> None:
     """``profile --task``: the detector or segmenter on ``backbone``, by part."""
-    if task not in TASKS:
-        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    build = task_builder(task)
     if resolution is not None:
         raise UsageError(f"{task} sets its own input size: --resolution does not apply")
     if options.pop("cifar_stem"):
         raise UsageError("--cifar-stem is for 32x32 classifiers, not a --task")
     if options["output_stride"] == 32:
         del options["output_stride"]  # the task's own (segmentation: 16)
-    model = TASKS[task](backbone, width, **({} if num_classes is None else {"num_classes": num_classes}), **options)
+    model = build(backbone, width, **({} if num_classes is None else {"num_classes": num_classes}), **options)
     prof = profile_model(model, name=f"{task} on {backbone}")
     if as_json:
         print(json.dumps(prof.to_dict(), indent=1))
