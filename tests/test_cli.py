@@ -120,3 +120,24 @@ def test_the_command_line_starts_without_the_heavy_libraries_it_may_not_need():
             "'onnxruntime', 'openvino', 'timm', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"imported at start-up: {out}"
+
+
+def test_export_a_backbone_and_a_segmenter(tmp_path):
+    result = runner.invoke(app, ["export", "mobilenet_v3_small", "--features", "--out-indices", "2,4",
+                                 "--output-stride", "16", "--weights", "random", "--resolution", "64",
+                                 "-o", str(tmp_path / "bb") + "/", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    side = json.loads(open(data["sidecar"]).read())
+    assert side["task"] == "backbone" and side["outputs"] == ["feature0", "feature1"]
+    assert side["output_shapes"] == [[1, 24, 8, 8], [1, 576, 4, 4]]  # strides 8 and 16 (the last made dilation)
+    assert set(data["verification"]["outputs"]) == {"feature0", "feature1"}
+    seg = runner.invoke(app, ["export", "mobilenet_v2_035", "--task", "lraspp", "--num-classes", "3",
+                              "--weights", "random", "--resolution", "64", "-o", str(tmp_path / "seg") + "/"])
+    assert seg.exit_code == 0, seg.output
+    assert "max |out diff|" in seg.stdout
+    _one_line_error(["export", "mobilenet_v2", "--task", "lraspp", "--out-indices", "1"], "add --features")
+    _one_line_error(["export", "mobilenet_v2", "--task", "ssdlite320", "-f", "tflite", "--weights", "random"],
+                    "exports to onnx only")
+    _one_line_error(["export", "mobilenet_v2", "--num-classes", "3"], "--num-classes sets a --task's classes")
+    _one_line_error(["export", "mobilenet_v2", "--features", "--out-indices", "a,b"], "whole numbers")

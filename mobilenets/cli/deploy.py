@@ -20,8 +20,10 @@ from ..core.errors import UsageError
 from ..deploy.calibration import DEFAULT_CALIB_SIZE
 from ..deploy.common import Steps
 from ..deploy.export import FORMATS, VerificationError, export
+from ..weights import create_model
 from . import options
 from .common import console, fail
+from .options import TASKS, task_builder
 
 
 def parse_batch(value: str) -> int | str:
@@ -108,11 +110,25 @@ def export_cmd(
                                             "--calib spec]", show_default=False)] = None,
     val_images: Annotated[int | None, typer.Option(help="at most this many held-out images [default: all]",
                                                    show_default=False)] = None,
+    features: Annotated[bool, typer.Option("--features", help="the backbone (features_only): one output per "
+                                           "feature map")] = False,
+    out_indices: Annotated[str | None, typer.Option(help="--features: which maps, e.g. 1,2,4 [default: all]",
+                                                    show_default=False)] = None,
+    output_stride: Annotated[int | None, typer.Option(help="--features/--task: 16 or 8 turn the last strides into "
+                                                      "dilation", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option(help=f"a detector or segmenter on this backbone: {', '.join(TASKS)} "
+                                             "(--weights: the backbone's)", show_default=False)] = None,
+    num_classes: Annotated[int | None, typer.Option(help="--task: classes [default: 91 detection, 21 "
+                                                    "segmentation]", show_default=False)] = None,
     as_json: options.Json = False,
 ) -> None:
     """Export for a runtime (ONNX Runtime, OpenVINO, LiteRT, ExecuTorch, ncnn, MNN, Core ML), verified in it
     against PyTorch before it is kept (-o: a file or a folder)."""
     batch = parse_batch(batch_alias if batch_alias is not None else batch_size)
+    if features or task or out_indices or output_stride:
+        model, weights = _dense_model(model, weights, features, out_indices, output_stride, task, num_classes), None
+    elif num_classes is not None:
+        raise UsageError("--num-classes sets a --task's classes (a classifier's come with its weights)")
     progress = Progress()
     try:
         result = export(model, format, output, weights=weights, int8=int8, calib=calib, resolution=resolution,
@@ -131,6 +147,29 @@ def export_cmd(
     console.print(result_table(result))
 
 
+def _dense_model(name: str, weights: str | None, features: bool, out_indices: str | None, output_stride: int | None,
+                 task: str | None, num_classes: int | None):
+    """The backbone (``--features``) or detector/segmenter (``--task``) on ``name`` with ``--weights``
+    (default: the published ones, as for a classifier; 'random': none) in its backbone."""
+    if features == bool(task):
+        raise UsageError("--out-indices and --output-stride go with --features or --task (one of them)")
+    if out_indices and not features:
+        raise UsageError("--out-indices chooses a backbone's maps: add --features")
+    if os.path.exists(name):
+        raise UsageError(f"--features and --task take a model name ({name} is a file): give the checkpoint "
+                         f"as --weights")
+    pretrained = True if weights is None else (False if weights == "random" else weights)
+    stride = {} if output_stride is None else {"output_stride": output_stride}
+    if features:
+        try:
+            chosen = None if out_indices is None else tuple(int(i) for i in out_indices.split(","))
+        except ValueError:
+            raise UsageError(f"--out-indices takes whole numbers separated by commas, got {out_indices!r}") from None
+        return create_model(name, pretrained=pretrained, features_only=True, out_indices=chosen, **stride)
+    classes = {} if num_classes is None else {"num_classes": num_classes}
+    return task_builder(task)(name, pretrained_backbone=pretrained, **classes, **stride)
+
+
 def result_table(result) -> Table:
     """The export's file, verification, QAT and int8 report as a two-column table."""
     v = result.verification
@@ -140,9 +179,19 @@ def result_table(result) -> Table:
     table.add_row("size", f"{result.size_bytes / 2**20:.2f} MiB")
     if v and not v.get("ran", True):
         table.add_row("checked, not run", v["why"])
-        table.add_row("interface", f"{v['input']['name']} {v['input']['shape']} -> {v['output']['name']} "
-                      f"{v['output']['shape']}")
+        outs = ", ".join(f"{o['name']} {o['shape']}" for o in v.get("outputs") or [v["output"]])
+        table.add_row("interface", f"{v['input']['name']} {v['input']['shape']} -> {outs}")
         table.add_row("operations", f"{v['ops']} ({v['precision']}" + (", int8 weights)" if v.get("int8") else ")"))
+    elif v and "detections" in v:  # a detector: its detections paired with PyTorch's
+        table.add_row("verified on", f"{v['backend']}, {v['images']} {v['inputs']}")
+        table.add_row("detections", f"{', '.join(map(str, v['detections']))} per image, all paired: boxes "
+                      f"within {v['max_box_diff']:.1e} px (<= {v['box_tolerance']:g}), scores within "
+                      f"{v['max_score_diff']:.1e}")
+    elif v and "outputs" in v:  # a backbone's or segmenter's maps
+        table.add_row("verified on", f"{v['backend']}, {v['images']} {v['inputs']}")
+        for name, o in v["outputs"].items():
+            table.add_row(f"max |{name} diff|", f"{o['max_abs_diff']:.2e} (<= {v['tolerance']:g} x scale "
+                                                f"{o['scale']:.3g})")
     elif v:
         table.add_row("verified on", f"{v['backend']}, {v['images']} {v['inputs']}")
         table.add_row("max |logit diff|", f"{v['max_abs_diff']:.2e}" + (f" (<= {v['tolerance']:g})"
