@@ -11,12 +11,12 @@ import sys
 import typer
 
 from ..core import hardware
-from . import common, deploy, measure, train, weights, zoo
+from . import common, deploy, measure, serve, train, weights, zoo
 from .common import app, console, describe, err_console, fail
 
 __all__ = ["app", "console", "describe", "err_console", "fail", "main"]
 
-for _verbs in (zoo, weights, train, deploy, measure):
+for _verbs in (zoo, weights, train, deploy, measure, serve):
     _verbs.register(app)
 
 

@@ -20,6 +20,7 @@ from ..core.errors import UsageError
 from ..deploy.calibration import DEFAULT_CALIB_SIZE
 from ..deploy.common import Steps
 from ..deploy.export import FORMATS, VerificationError, export
+from ..deploy.triton import export_triton
 from ..weights import create_model
 from . import options
 from .common import console, fail
@@ -78,7 +79,8 @@ class Progress(Steps):
 def export_cmd(
     model: Annotated[str, typer.Argument(help="model name (see `mobilenets list`), a checkpoint "
                                          "(.safetensors, .pth) or a training run directory")],
-    format: Annotated[str, typer.Option("--format", "-f", help=", ".join(FORMATS))] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help=", ".join(FORMATS) + ", or triton (a Triton model "
+                                        "repository: -o names the repository folder)")] = "onnx",
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="checkpoint file or source tag "
                                                 "(default: the model's published weights; 'random': none)")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="post-training int8 quantization (needs --calib)")] = False,
@@ -120,10 +122,48 @@ def export_cmd(
                                              "(--weights: the backbone's)", show_default=False)] = None,
     num_classes: Annotated[int | None, typer.Option(help="--task: classes [default: 91 detection, 21 "
                                                     "segmentation]", show_default=False)] = None,
+    triton_backend: Annotated[str, typer.Option(help="--format triton: the Triton backend, onnxruntime or "
+                                                "openvino")] = "onnxruntime",
+    triton_name: Annotated[str | None, typer.Option(help="--format triton: the model's name in the repository "
+                                                    "[default: <model>-w<width>-r<resolution>]",
+                                                    show_default=False)] = None,
+    triton_max_batch: Annotated[int, typer.Option(min=1, help="--format triton: max_batch_size")] = 32,
+    triton_delay_us: Annotated[int, typer.Option(min=0, help="--format triton: dynamic batching's "
+                                                 "max_queue_delay_microseconds")] = 2000,
     as_json: options.Json = False,
 ) -> None:
     """Export for a runtime (ONNX Runtime, OpenVINO, LiteRT, ExecuTorch, ncnn, MNN, Core ML), verified in it
-    against PyTorch before it is kept (-o: a file or a folder)."""
+    against PyTorch before it is kept (-o: a file or a folder), or as a Triton model repository."""
+    if format == "triton":
+        not_here = [flag for flag, given in (("--nhwc", nhwc), ("--report", report), ("--qat-epochs", qat_epochs),
+                                             ("--max-drop", max_drop is not None), ("--val", val is not None),
+                                             ("--val-images", val_images is not None),
+                                             ("--int8-format", int8_format != "qdq"),
+                                             ("--batch-size", (batch_alias or batch_size) != "1")) if given]
+        if not_here:
+            raise UsageError(f"--format triton writes an NCHW file with a dynamic batch (max_batch_size: "
+                             f"--triton-max-batch); {', '.join(not_here)} do not apply")
+        progress = Progress()
+        try:
+            result = export_triton(model, output or ".", backend=triton_backend, name=triton_name,
+                                   max_batch=triton_max_batch, max_queue_delay_us=triton_delay_us, weights=weights,
+                                   resolution=resolution, precision=precision, int8=int8, calib=calib,
+                                   calib_size=calib_size, min_agreement=min_agreement, verify=not no_verify,
+                                   steps=progress)
+        except VerificationError as exc:
+            progress.close()
+            fail(f"verification failed: {exc}", code=1)
+        finally:
+            progress.close()
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
+            return
+        table = result_table(result.export)
+        table.title = f"Triton model {result.name} in {result.repository}"
+        table.add_row("config", str(result.model_dir / "config.pbtxt"))
+        table.add_row("batching", f"max_batch_size {triton_max_batch}, max_queue_delay_microseconds {triton_delay_us}")
+        console.print(table)
+        return
     batch = parse_batch(batch_alias if batch_alias is not None else batch_size)
     if features or task or out_indices or output_stride:
         model, weights = _dense_model(model, weights, features, out_indices, output_stride, task, num_classes), None
