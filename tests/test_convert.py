@@ -285,3 +285,25 @@ def test_missing_and_unexpected_tensors_are_listed():
     extra = dict(sd, **{"extra.weight": torch.zeros(3, 3)})
     with pytest.raises(UsageError, match=r"unexpected reference tensors with no place in ours: extra\.weight \(3, 3\)"):
         convert(extra, "torchvision", "mobilenet_v2", num_classes=10)
+
+
+@pytest.mark.parametrize("timm_name,name,kwargs", [t for t in TIMM if t[0] in (
+    "mobilenetv1_100", "mobilenetv2_035", "mobilenetv3_large_100", "mobilenetv3_small_100",
+    "tf_mobilenetv3_large_minimal_100")], ids=lambda t: t if isinstance(t, str) else "")
+def test_timm_safetensors_files_convert_despite_their_alphabetical_order(timm_name, name, kwargs, tmp_path):
+    """safetensors stores tensors sorted by name (timm's Hugging Face files); the converter puts them
+    back in timm's module order before pairing."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from mobilenets.weights import load_foreign
+    from mobilenets.weights.convert import timm_order
+
+    ref = timm.create_model(timm_name, pretrained=False, num_classes=10)
+    x = _x()
+    expected = _prepare_torch(ref, x)
+    state = ref.state_dict()
+    assert list(timm_order(dict(sorted(state.items())))) == list(state)
+    path = tmp_path / f"{timm_name}.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    _assert_close(load_foreign(path, "timm", name, **kwargs), x, expected)  # tf_ read off the file name

@@ -307,7 +307,8 @@ def convert(reference, source: str, name: str, *, width: float | None = None, tf
             raise UsageError(f"this is a Keras model: convert it with source='keras', not {source!r}")
         if source == "timm" and tf is None and isinstance(reference, nn.Module):
             tf = _timm_is_tf(reference)
-        ref = torch_entries(_state_dict(reference, source))
+        state = _state_dict(reference, source)
+        ref = torch_entries(timm_order(state) if source == "timm" else state)
     if not ref:
         raise UsageError(f"the {source} reference has no tensors")
     weights = [e for e in ref if e.kind in ("conv.weight", "linear.weight")]
@@ -335,6 +336,49 @@ def _check_source(source: str) -> str:
 def _is_keras_model(obj) -> bool:
     # With the torch backend a Keras model is also an nn.Module: tell them apart by the Keras API.
     return not isinstance(obj, Mapping) and hasattr(obj, "layers") and hasattr(obj, "get_weights")
+
+
+# The order in which timm's MobileNet modules register their children (timm/models/efficientnet.py,
+# mobilenetv3.py, _efficientnet_blocks.py), each with the child that tells it apart: a safetensors
+# file stores its tensors sorted by name, and the pairing above needs execution order back.
+_TIMM_CHILDREN = (
+    ("conv_stem", ("conv_stem", "bn1", "blocks", "conv_head", "norm_head", "bn2", "classifier")),  # the network
+    ("conv_exp", ("conv_exp", "bn1", "se", "conv_pwl", "bn2")),                                    # EdgeResidual
+    ("conv_pwl", ("conv_pw", "bn1", "conv_dw", "bn2", "aa", "se", "conv_pwl", "bn3")),  # InvertedResidual
+    ("conv_dw", ("conv_dw", "bn1", "aa", "se", "conv_pw", "bn2")),                      # DepthwiseSeparable
+    ("conv_reduce", ("conv_reduce", "conv_expand")),                                    # SqueezeExcite
+    ("conv", ("conv", "bn1", "bn")),                                                    # ConvBnAct, ConvNormAct
+)
+_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def timm_order(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm MobileNet state dict in the order timm's modules hold their tensors, whatever order it
+    came in (a safetensors file's is alphabetical): numbered children by number, named ones by
+    ``_TIMM_CHILDREN``, parameters as PyTorch registers them. A name outside those tables keeps its
+    place relative to the others (sorted last among its siblings, by name)."""
+    children: dict[str, set[str]] = {}
+    for key in state_dict:
+        parts = key.split(".")
+        for i in range(len(parts) - 1):
+            children.setdefault(".".join(parts[:i]), set()).add(parts[i])
+
+    def rank(parent: str, name: str) -> tuple:
+        if name.isdigit():
+            return (0, int(name), "")
+        siblings = children.get(parent, set())
+        for marker, order in _TIMM_CHILDREN:
+            if marker in siblings and name in order:
+                return (0, order.index(name), "")
+        return (1, 0, name)
+
+    def key_rank(key: str) -> tuple:
+        parts = key.split(".")
+        path = tuple(rank(".".join(parts[:i]), p) for i, p in enumerate(parts[:-1]))
+        last = parts[-1]
+        return (*path, (0, _PARAMS.index(last), "") if last in _PARAMS else (1, 0, last))
+
+    return {k: state_dict[k] for k in sorted(state_dict, key=key_rank)}
 
 
 def _state_dict(reference, source: str) -> Mapping[str, torch.Tensor]:
