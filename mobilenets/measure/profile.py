@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.layers import ConvNormAct, is_depthwise
+from ..models.taps import named_layers
 
 
 @dataclass
@@ -168,7 +169,7 @@ def _sum(name: str, layers: list[LayerProfile], **kw) -> PartProfile:
 def _stages(model: nn.Module, layers: list[LayerProfile]) -> list[PartProfile]:
     """The layers up to each feature map of ``model.feature_info``, then those after the last."""
     info = list(model.feature_info)
-    order = ["stem"] + [f"blocks.{i}" for i in range(len(model.blocks))] + ["head"]
+    order = [name for name, _ in named_layers(model)]
     ends = [order.index(d["module"]) for d in info]
     groups: list[list[LayerProfile]] = [[] for _ in range(len(info) + 1)]
     for lay in layers:

@@ -16,7 +16,7 @@ import torch
 
 from ..core.errors import UsageError
 from .network import MobileNet
-from .taps import Taps
+from .taps import Taps, named_layers
 
 DEFAULT_OUT_INDICES = (0, 1, 2, 3, 4)
 
@@ -83,22 +83,14 @@ class FeatureNet(Taps):
 
     def __init__(self, model: MobileNet, out_indices: Sequence[int] | None = None):
         info = FeatureInfo(model.feature_info, check_out_indices(out_indices, len(model.feature_info)))
-        head = model.config.spec.head_in_features
-        order = [layer for layer, _ in _named_layers(model, head)]
-        super().__init__(model, {order.index(info.module_name(i)): str(i) for i in info.out_indices}, head=head)
+        order = [name for name, _ in named_layers(model)]
+        super().__init__(model, {order.index(info.module_name(i)): str(i) for i in info.out_indices},
+                         head=model.config.spec.head_in_features)
         self.feature_info = info
         self.checkpoint_meta = model.checkpoint_meta
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(super().forward(x).values())
-
-
-def _named_layers(model: MobileNet, head: bool):
-    yield "stem", model.stem
-    for i, block in enumerate(model.blocks):
-        yield f"blocks.{i}", block
-    if head:
-        yield "head", model.head
 
 
 def features(model: MobileNet, out_indices: Sequence[int] | None = None) -> FeatureNet:

@@ -21,10 +21,17 @@ from .network import MobileNet, ModelConfig
 from .registry import model_config
 
 
-def layers(model: MobileNet) -> list[nn.Module]:
-    """``[stem, *blocks, head]`` (``head`` only where it is a layer): torchvision's ``features``."""
-    head = [] if isinstance(model.head, nn.Identity) else [model.head]
-    return [model.stem, *model.blocks, *head]
+def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[("stem", stem), ("blocks.0", block), ..., ("head", head)]`` of a ``MobileNet`` (or a ``Taps``
+    of one), ``head`` only where it is a layer: torchvision's ``features``, by our module names."""
+    head = getattr(model, "head", None)
+    tail = [] if head is None or isinstance(head, nn.Identity) else [("head", head)]
+    return [("stem", model.stem), *((f"blocks.{i}", b) for i, b in enumerate(model.blocks)), *tail]
+
+
+def layers(model: nn.Module) -> list[nn.Module]:
+    """``[stem, *blocks, head]`` (``named_layers`` without the names)."""
+    return [m for _, m in named_layers(model)]
 
 
 def stage_indices(model: MobileNet) -> list[int]:
@@ -67,7 +74,7 @@ class Taps(nn.Module):
         self.stem, self.blocks = model.stem, model.blocks
         if head and not isinstance(model.head, nn.Identity):
             self.head = model.head
-        layer_list = self._layers()
+        layer_list = layers(self)
         n = len(layer_list)
         self.taps = {i % n: name for i, name in taps.items()}
         self.split = None if split is None else (split[0] % n, split[1])
@@ -79,13 +86,10 @@ class Taps(nn.Module):
             points.append((self.split[0] - 0.5, self.split[1], out_channels(layer_list[self.split[0]].expand)))
         self.channels = {name: ch for _, name, ch in sorted(points)}  # {output name: channels}, in output order
 
-    def _layers(self) -> list[nn.Module]:
-        return [self.stem, *self.blocks, *([self.head] if hasattr(self, "head") else [])]
-
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         split = self.split[0] if self.split is not None else -1
-        for i, layer in enumerate(self._layers()[:self.last + 1]):
+        for i, layer in enumerate(layers(self)[:self.last + 1]):
             if i == split:  # an InvertedResidual without shortcut (``expansion``), in two halves
                 x = layer.expand(x)
                 out[self.split[1]] = x
