@@ -141,3 +141,4 @@ def test_export_a_backbone_and_a_segmenter(tmp_path):
                     "exports to onnx only")
     _one_line_error(["export", "mobilenet_v2", "--num-classes", "3"], "--num-classes sets a --task's classes")
     _one_line_error(["export", "mobilenet_v2", "--features", "--out-indices", "a,b"], "whole numbers")
+    _one_line_error(["export", "mobilenet_v2", "--format", "triton", "--features"], "--features do not apply")

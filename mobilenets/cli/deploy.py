@@ -139,22 +139,19 @@ def export_cmd(
                                              ("--max-drop", max_drop is not None), ("--val", val is not None),
                                              ("--val-images", val_images is not None),
                                              ("--int8-format", int8_format != "qdq"),
-                                             ("--batch-size", (batch_alias or batch_size) != "1")) if given]
+                                             ("--batch-size", (batch_alias or batch_size) != "1"),
+                                             ("--features", features), ("--task", task is not None),
+                                             ("--out-indices", out_indices is not None),
+                                             ("--output-stride", output_stride is not None),
+                                             ("--num-classes", num_classes is not None)) if given]
         if not_here:
-            raise UsageError(f"--format triton writes an NCHW file with a dynamic batch (max_batch_size: "
-                             f"--triton-max-batch); {', '.join(not_here)} do not apply")
-        progress = Progress()
-        try:
-            result = export_triton(model, output or ".", backend=triton_backend, name=triton_name,
-                                   max_batch=triton_max_batch, max_queue_delay_us=triton_delay_us, weights=weights,
-                                   resolution=resolution, precision=precision, int8=int8, calib=calib,
-                                   calib_size=calib_size, min_agreement=min_agreement, verify=not no_verify,
-                                   steps=progress)
-        except VerificationError as exc:
-            progress.close()
-            fail(f"verification failed: {exc}", code=1)
-        finally:
-            progress.close()
+            raise UsageError(f"--format triton writes a classifier as an NCHW file with a dynamic batch "
+                             f"(max_batch_size: --triton-max-batch); {', '.join(not_here)} do not apply")
+        result = _with_progress(lambda progress: export_triton(
+            model, output or ".", backend=triton_backend, name=triton_name, max_batch=triton_max_batch,
+            max_queue_delay_us=triton_delay_us, weights=weights, resolution=resolution, precision=precision,
+            int8=int8, calib=calib, calib_size=calib_size, min_agreement=min_agreement, verify=not no_verify,
+            steps=progress))
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
             return
@@ -169,22 +166,27 @@ def export_cmd(
         model, weights = _dense_model(model, weights, features, out_indices, output_stride, task, num_classes), None
     elif num_classes is not None:
         raise UsageError("--num-classes sets a --task's classes (a classifier's come with its weights)")
+    result = _with_progress(lambda progress: export(
+        model, format, output, weights=weights, int8=int8, calib=calib, resolution=resolution, batch=batch,
+        precision=precision, nhwc=nhwc, verify=not no_verify, calib_size=calib_size, min_agreement=min_agreement,
+        report=report, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_max_images=-1 if qat_images is None else qat_images,
+        max_drop=max_drop, int8_format=int8_format, val=val, val_images=val_images, steps=progress))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
+        return
+    console.print(result_table(result))
+
+
+def _with_progress(run):
+    """``run(progress)`` with the export's steps shown; a failed verification is one line and exit code 1."""
     progress = Progress()
     try:
-        result = export(model, format, output, weights=weights, int8=int8, calib=calib, resolution=resolution,
-                        batch=batch, precision=precision, nhwc=nhwc, verify=not no_verify, calib_size=calib_size,
-                        min_agreement=min_agreement, report=report, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                        qat_max_images=-1 if qat_images is None else qat_images, max_drop=max_drop,
-                        int8_format=int8_format, val=val, val_images=val_images, steps=progress)
+        return run(progress)
     except VerificationError as exc:
         progress.close()
         fail(f"verification failed: {exc}", code=1)
     finally:
         progress.close()
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
-        return
-    console.print(result_table(result))
 
 
 def _dense_model(name: str, weights: str | None, features: bool, out_indices: str | None, output_stride: int | None,
