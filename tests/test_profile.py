@@ -26,7 +26,10 @@ def _close(measured: float, published: float, rel: float) -> bool:
 TABLE = [v for v in VARIANTS.values() if v.macs_m or v.params_m]
 
 
-@pytest.mark.parametrize("variant", [v for v in TABLE if v.family != "mobilenext"], ids=lambda v: v.name)
+# MobileNeXt and MobileNetV4 build their official code, whose counts differ from their papers' tables:
+# the MobileNeXt tests below and test_mobilenetv4 pin those differences.
+@pytest.mark.parametrize("variant", [v for v in TABLE if v.family != "mobilenext"
+                                     and not v.family.startswith("mobilenet_v4")], ids=lambda v: v.name)
 def test_macs_and_params_match_published_tables(variant):
     prof = profile(create_model(variant.name))
     macs, params = prof.macs / 1e6, prof.params / 1e6

@@ -1,4 +1,4 @@
-"""The three block types of the family, one class each.
+"""The block types of the family, one class each.
 
 * ``DepthwiseSeparable`` (MobileNetV1): depthwise 3x3 -> pointwise 1x1, both with activation.
 * ``InvertedResidual`` (MobileNetV2/V3): expand 1x1 -> depthwise kxk -> [SE] -> linear project 1x1,
@@ -7,13 +7,20 @@
 * ``SandGlass`` (MobileNeXt): depthwise -> linear reduce 1x1 -> expand 1x1 -> linear depthwise,
   the residual on the wide tensors, optionally on a fraction of the channels only
   (the identity tensor multiplier).
+* ``FusedInvertedResidual`` (MobileNetV4's FusedIB): expand kxk (strided) -> linear project 1x1.
+* ``UniversalInvertedBottleneck`` (MobileNetV4's UIB): [linear depthwise] -> expand 1x1 ->
+  [depthwise] -> linear project 1x1 -> [layer scale]; the stride sits on the middle depthwise, or
+  on the first when there is no middle one.
+* ``MobileMQA`` (MobileNetV4): BN -> multi-query attention (one key/value head shared by all query
+  heads, keys and values optionally downsampled by a strided depthwise conv) -> [layer scale],
+  as a residual.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .layers import ConvNormAct, SqueezeExcite, make_divisible
+from .layers import ConvNormAct, LayerScale, SqueezeExcite, conv2d, make_divisible
 
 
 class DepthwiseSeparable(nn.Module):
@@ -48,6 +55,14 @@ class InvertedResidual(nn.Module):
         out = self.project(self.se(self.dw(self.expand(x))))
         return out + x if self.residual_channels else out
 
+    def expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """The first half, up to the expansion (SSDLite taps there; blocks without shortcut)."""
+        return self.expand(x)
+
+    def from_expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """The second half: ``forward(x) == from_expanded(expanded(x))`` without a shortcut."""
+        return self.project(self.se(self.dw(x)))
+
 
 class SandGlass(nn.Module):
     """MobileNeXt's sandglass block, with the layout switches of the official code.
@@ -77,3 +92,88 @@ class SandGlass(nn.Module):
         if k == out.shape[1]:
             return out + x
         return torch.cat([out[:, :k] + x[:, :k], out[:, k:]], dim=1)
+
+
+class FusedInvertedResidual(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int, kernel: int = 3, stride: int = 1, act: str = "relu",
+                 bn_eps: float = 1e-5, tf_same: bool = False, dilation: int = 1):
+        super().__init__()
+        self.expand = ConvNormAct(cin, mid, kernel, stride, act=act, bn_eps=bn_eps, tf_same=tf_same,
+                                  dilation=dilation)
+        self.project = ConvNormAct(mid, cout, 1, act=None, bn_eps=bn_eps)
+        self.residual_channels = cin if stride == 1 and cin == cout else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.expand(x))
+        return out + x if self.residual_channels else out
+
+
+class UniversalInvertedBottleneck(nn.Module):
+    """``start``/``middle``: the depthwise kernels (0: none); ExtraDW has both, IB the middle one,
+    ConvNext the start one, FFN neither. ``layer_scale``: its init, or None for none."""
+
+    def __init__(self, cin: int, mid: int, cout: int, start: int = 0, middle: int = 3, stride: int = 1,
+                 act: str = "relu", bn_eps: float = 1e-5, tf_same: bool = False, dilation: int = 1,
+                 layer_scale: float | None = None):
+        super().__init__()
+        kw = dict(bn_eps=bn_eps, tf_same=tf_same, dilation=dilation)
+        self.dw_start = (ConvNormAct(cin, cin, start, 1 if middle else stride, groups=cin, act=None, **kw)
+                         if start else nn.Identity())
+        self.expand = ConvNormAct(cin, mid, 1, act=act, bn_eps=bn_eps)
+        self.dw_mid = ConvNormAct(mid, mid, middle, stride, groups=mid, act=act, **kw) if middle else nn.Identity()
+        self.project = ConvNormAct(mid, cout, 1, act=None, bn_eps=bn_eps)
+        self.layer_scale = LayerScale(cout, layer_scale) if layer_scale is not None else nn.Identity()
+        self.residual_channels = cin if stride == 1 and cin == cout else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer_scale(self.project(self.dw_mid(self.expand(self.dw_start(x)))))
+        return out + x if self.residual_channels else out
+
+    def expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """As ``InvertedResidual.expanded``: the start depthwise and the expansion."""
+        return self.expand(self.dw_start(x))
+
+    def from_expanded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_scale(self.project(self.dw_mid(x)))
+
+
+class MobileMQA(nn.Module):
+    """Mobile multi-query attention over an NCHW map: ``heads`` query heads of ``key_dim``, one key
+    and one value head of ``key_dim``, keys and values from the map downsampled by ``kv_stride``
+    (a linear depthwise ``kernel`` conv), queries at full resolution; output projection to ``cout``."""
+
+    def __init__(self, cin: int, cout: int, heads: int, key_dim: int, kv_stride: int = 1, kernel: int = 3,
+                 bn_eps: float = 1e-5, tf_same: bool = False, dilation: int = 1, layer_scale: float | None = None):
+        super().__init__()
+        self.heads, self.key_dim = heads, key_dim
+        self.norm = nn.BatchNorm2d(cin, eps=bn_eps)
+        self.query = conv2d(cin, heads * key_dim, 1)
+
+        def kv() -> nn.Module:
+            proj = conv2d(cin, key_dim, 1)
+            if kv_stride == 1:
+                return proj
+            down = ConvNormAct(cin, cin, kernel, kv_stride, groups=cin, act=None, bn_eps=bn_eps, tf_same=tf_same,
+                               dilation=dilation)
+            return nn.Sequential(down, proj)
+
+        self.key, self.value = kv(), kv()
+        self.output = conv2d(heads * key_dim, cout, 1)
+        self.layer_scale = LayerScale(cout, layer_scale) if layer_scale is not None else nn.Identity()
+        self.residual_channels = cin if cin == cout else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        heads, d = self.heads, self.key_dim
+        y = self.norm(x)
+        # The one key/value head serves every query head: the heads are stacked along the query
+        # positions (b, heads * hw, d), so both products are ``bmm`` without a broadcast (a broadcast,
+        # or ``@``'s decomposition, leaves expand copies outside ExecuTorch's XNNPACK delegate).
+        # (-1 rather than h * w: no arithmetic on traced sizes, which Core ML's converter cannot cast)
+        q = self.query(y).reshape(b, heads, d, -1).transpose(-1, -2).reshape(b, -1, d)
+        k = self.key(y).flatten(2)                                                        # b, d, hw'
+        v = self.value(y).flatten(2).transpose(-1, -2)                                    # b, hw', d
+        attn = torch.softmax(torch.bmm(q * d ** -0.5, k), dim=-1)                        # b, heads * hw, hw'
+        out = torch.bmm(attn, v).reshape(b, heads, -1, d).transpose(-1, -2).reshape(b, heads * d, h, w)
+        out = self.layer_scale(self.output(out))
+        return out + x if self.residual_channels else out

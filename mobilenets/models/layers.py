@@ -1,4 +1,4 @@
-"""Building bricks shared by every family: channel rounding, conv-norm-act, squeeze-excite.
+"""Building bricks shared by every family: channel rounding, conv-norm-act, squeeze-excite, layer scale.
 
 TF "same" padding is an option of every convolution so that TF-trained checkpoints
 (Keras applications, timm's ``tf_`` ports) reproduce exactly: TF pads stride-2
@@ -19,6 +19,7 @@ ACTIVATIONS = {
     "relu6": nn.ReLU6,
     "hswish": nn.Hardswish,
     "hsigmoid": nn.Hardsigmoid,
+    "gelu": nn.GELU,
 }
 
 
@@ -119,3 +120,14 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
         return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel scale on a residual branch (CaiT; MobileNetV4's hybrids), NCHW."""
+
+    def __init__(self, channels: int, init: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from .meta import CheckpointMeta
 
 from ..core.errors import UsageError
-from .blocks import DepthwiseSeparable, InvertedResidual, SandGlass
+from .blocks import (
+    DepthwiseSeparable,
+    FusedInvertedResidual,
+    InvertedResidual,
+    MobileMQA,
+    SandGlass,
+    UniversalInvertedBottleneck,
+)
 from .layers import ConvNormAct, create_act, make_divisible
 from .specs import FAMILIES, FamilySpec, Row
 
@@ -213,8 +220,11 @@ class MobileNet(nn.Module):
             keep = config.head_rule == "keep_for_thin" and w <= 1
             pre_logits = spec.pre_logits // 2 if config.reduced_tail else spec.pre_logits
             hidden = pre_logits if keep else make_divisible(pre_logits * w)
-            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(cin, hidden),
-                                                        act=create_act(spec.pre_logits_act)))
+            layers = OrderedDict(fc=nn.Linear(cin, hidden, bias=not spec.pre_logits_norm))
+            if spec.pre_logits_norm:
+                layers["bn"] = nn.BatchNorm1d(hidden, eps=eps)
+            layers["act"] = create_act(spec.pre_logits_act)
+            self.pre_logits = nn.Sequential(layers)
             cin = hidden
         else:
             self.pre_logits = nn.Identity()
@@ -248,6 +258,16 @@ class MobileNet(nn.Module):
                 identity = max(1, round(cout * cfg.identity_mult))
             return SandGlass(cin, hidden, cout, stride, dw_first=full, dw_last=full or table_stride == 2,
                              identity=identity, act=row.act, **kw)
+        if row.block == "conv":
+            return ConvNormAct(cin, cout, row.kernel, stride, act=row.act, **kw)
+        if row.block == "fused":
+            return FusedInvertedResidual(cin, make_divisible(cin * row.t), cout, row.kernel, stride, act=row.act, **kw)
+        if row.block == "uib":
+            return UniversalInvertedBottleneck(cin, make_divisible(cin * row.t), cout, row.start, row.kernel, stride,
+                                               act=row.act, layer_scale=self.config.spec.layer_scale, **kw)
+        if row.block == "mqa":
+            return MobileMQA(cin, cout, row.heads, row.key_dim, row.kv_stride, row.kernel,
+                             layer_scale=self.config.spec.layer_scale, **kw)
         raise ValueError(f"unknown block type {row.block!r}")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,12 +306,13 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -88,9 +88,20 @@ _MNEXT_SRC = "MobileNeXt (seed 003)"
 _MNEXT = [(1.4, 590, 6.1, 76.1), (1.0, 300, 3.5, 74.02), (0.75, 210, 2.5, 72.0),
           (0.5, 110, 2.1, 67.7), (0.35, 80, 1.8, 64.7)]
 
+# arXiv:2404.10518, ImageNet-1k classification table: resolution, MACs (M), params (M), top-1 (%).
+_V4_SRC = "MobileNetV4 paper (arXiv:2404.10518)"
+_V4 = [
+    ("mobilenet_v4_conv_small", 224, 200, 3.8, 73.8),
+    ("mobilenet_v4_conv_medium", 256, 1000, 9.2, 79.9),
+    ("mobilenet_v4_conv_large", 384, 5900, 31.0, 82.9),
+    ("mobilenet_v4_hybrid_medium", 256, 1200, 10.5, 80.7),
+    ("mobilenet_v4_hybrid_large", 384, 7200, 35.9, 83.4),
+]
+
 
 def _build_variants() -> dict[str, Variant]:
-    out: list[Variant] = [Variant(f, f, 1.0) for f in FAMILIES]
+    v4 = {family: Variant(family, family, 1.0, r, macs, params, top1, _V4_SRC) for family, r, macs, params, top1 in _V4}
+    out: list[Variant] = [v4.get(f, Variant(f, f, 1.0)) for f in FAMILIES]
     for family, table, source in (("mobilenet_v1", _V1, _V1_SRC), ("mobilenet_v2", _V2, _V2_SRC)):
         for w, r, macs, params, top1 in table:
             name = f"{family}_{_tag(w)}" + ("" if r == 224 else f"_{r}")

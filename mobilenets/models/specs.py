@@ -2,17 +2,21 @@
 
 Columns carry the papers' names: ``out`` (c / #out), ``stride`` (s), ``repeat`` (n),
 ``t`` (expansion ratio, V2 and MobileNeXt), ``exp`` (expansion size in channels, V3),
-``kernel``, ``se``, ``act`` (NL). Channels are at width multiplier 1.0; ``network.py``
+``kernel``, ``se``, ``act`` (NL); MobileNetV4 adds ``start`` (the UIB's optional depthwise kernel
+before the expansion; ``kernel`` is its middle one, 0 for none), ``heads``, ``key_dim`` and
+``kv_stride`` (Mobile MQA). Channels are at width multiplier 1.0; ``network.py``
 scales them. Nothing here is code: to audit a family, read its table against the paper.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 
 @dataclass(frozen=True)
 class Row:
-    block: str                # "ds" depthwise separable, "ir" inverted residual, "sg" sandglass
+    block: str                # "ds" depthwise separable, "ir" inverted residual, "sg" sandglass,
+                              # "conv" conv-BN-act, "fused" fused IB, "uib" universal IB, "mqa" Mobile MQA
     out: int
     stride: int = 1
     repeat: int = 1
@@ -22,6 +26,10 @@ class Row:
     se: bool = False
     act: str = "relu6"
     keep_for_thin: bool = False  # channels never shrink below the table value when width < 1
+    start: int = 0            # UIB: kernel of the depthwise before the expansion (0: none)
+    heads: int | None = None  # Mobile MQA: query heads ...
+    key_dim: int | None = None  # ... key (= value) dimension, shared by all heads ...
+    kv_stride: int = 1        # ... and the stride of the keys' and values' depthwise downsampling
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class FamilySpec:
     head_act: str = "relu6"
     pre_logits: int | None = None   # V3: a 1x1 conv (here Linear) with bias after pooling
     pre_logits_act: str = "hswish"
+    pre_logits_norm: bool = False   # V4: the pre-logits layer has no bias and a BatchNorm before its activation
+    layer_scale: float | None = None  # V4 hybrids: a learned per-channel scale (this init) on UIB/MQA branches
     rounding: str = "divisible"     # "divisible": make_divisible(c*w, 8); "floor": max(int(c*w), 8)
     # Backbones: whether the head conv is the last feature map (V3's 1x1 conv is a stage of its
     # own in timm and torchvision, its "cn" block); else the last block is (V2's 1280 conv is timm's
@@ -45,6 +55,7 @@ class FamilySpec:
     head_in_features: bool = False
     bn_eps: float = 1e-5
     dropout: float = 0.2
+    series: str | None = None       # the generation a chart groups it under (None: its own name)
 
 
 # MobileNetV1, Table 1 of arXiv:1704.04861 (the last dw row is stride 1 in the official code;
@@ -156,7 +167,179 @@ MOBILENEXT = FamilySpec(
     stem=32,
 )
 
+# MobileNetV4 (arXiv:2404.10518) as its official code builds it: the block specs of
+# tensorflow/models official/vision/modeling/backbones/mobilenet.py, where the paper's footnote 1
+# points for every model (timm's mobilenetv3.py ``_gen_mobilenet_v4`` copies them block for block;
+# M and L count 5-8% above the paper's table, see tests/test_mobilenetv4.py). Columns: block, c, s,
+# UIB's start and middle depthwise kernels (``start``/``kernel``; 0: none), expansion ``t`` (the
+# tables' "expanded dim" is t x input channels), Mobile MQA's heads, key dim and kv stride. UIB:
+# ExtraDW has both depthwise convs, IB only the middle one, ConvNext only the start one, FFN neither.
+# Every model ends in a 1x1 conv to 960 channels, global pooling and a 1x1 conv (no bias) + BN + act
+# to 1280 channels.
+def _mnv4_conv_small() -> tuple[Row, ...]:
+    """MNv4-Conv-S. The table's two FusedIB stages are conv-BN-ReLU pairs in the official code."""
+    conv, uib = partial(Row, "conv", act="relu"), partial(Row, "uib", act="relu")
+    return (
+        conv(32, 2, kernel=3), conv(32, 1, kernel=1),
+        conv(96, 2, kernel=3), conv(64, 1, kernel=1),
+        uib(96, 2, start=5, kernel=5, t=3),                 # ExtraDW
+        uib(96, 1, start=0, kernel=3, t=2, repeat=4),       # IB
+        uib(96, 1, start=3, kernel=0, t=4),                 # ConvNext
+        uib(128, 2, start=3, kernel=3, t=6),                # ExtraDW
+        uib(128, 1, start=5, kernel=5, t=4),                # ExtraDW
+        uib(128, 1, start=0, kernel=5, t=4),                # IB
+        uib(128, 1, start=0, kernel=5, t=3),                # IB
+        uib(128, 1, start=0, kernel=3, t=4, repeat=2),      # IB
+    )
+
+
+def _mnv4_conv_medium() -> tuple[Row, ...]:
+    """MNv4-Conv-M."""
+    uib = partial(Row, "uib", act="relu")
+    return (
+        Row("fused", 48, 2, kernel=3, t=4, act="relu"),     # FusedIB
+        uib(80, 2, start=3, kernel=5, t=4),                 # ExtraDW
+        uib(80, 1, start=3, kernel=3, t=2),                 # ExtraDW
+        uib(160, 2, start=3, kernel=5, t=6),                # ExtraDW
+        uib(160, 1, start=3, kernel=3, t=4, repeat=2),      # ExtraDW
+        uib(160, 1, start=3, kernel=5, t=4),                # ExtraDW
+        uib(160, 1, start=3, kernel=3, t=4),                # ExtraDW
+        uib(160, 1, start=3, kernel=0, t=4),                # ConvNext
+        uib(160, 1, start=0, kernel=0, t=2),                # FFN
+        uib(160, 1, start=3, kernel=0, t=4),                # ConvNext
+        uib(256, 2, start=5, kernel=5, t=6),                # ExtraDW
+        uib(256, 1, start=5, kernel=5, t=4),                # ExtraDW
+        uib(256, 1, start=3, kernel=5, t=4, repeat=2),      # ExtraDW
+        uib(256, 1, start=0, kernel=0, t=4),                # FFN
+        uib(256, 1, start=3, kernel=0, t=4),                # ConvNext
+        uib(256, 1, start=3, kernel=5, t=2),                # ExtraDW
+        uib(256, 1, start=5, kernel=5, t=4),                # ExtraDW
+        uib(256, 1, start=0, kernel=0, t=4, repeat=2),      # FFN
+        uib(256, 1, start=5, kernel=0, t=2),                # ConvNext
+    )
+
+
+def _mnv4_conv_large() -> tuple[Row, ...]:
+    """MNv4-Conv-L."""
+    uib = partial(Row, "uib", act="relu")
+    return (
+        Row("fused", 48, 2, kernel=3, t=4, act="relu"),     # FusedIB
+        uib(96, 2, start=3, kernel=5, t=4),                 # ExtraDW
+        uib(96, 1, start=3, kernel=3, t=4),                 # ExtraDW
+        uib(192, 2, start=3, kernel=5, t=4),                # ExtraDW
+        uib(192, 1, start=3, kernel=3, t=4, repeat=3),      # ExtraDW
+        uib(192, 1, start=3, kernel=5, t=4),                # ExtraDW
+        uib(192, 1, start=5, kernel=3, t=4, repeat=5),      # ExtraDW
+        uib(192, 1, start=3, kernel=0, t=4),                # ConvNext
+        uib(512, 2, start=5, kernel=5, t=4, repeat=4),      # ExtraDW (the first one strides)
+        uib(512, 1, start=5, kernel=0, t=4),                # ConvNext
+        uib(512, 1, start=5, kernel=3, t=4),                # ExtraDW
+        uib(512, 1, start=5, kernel=0, t=4, repeat=2),      # ConvNext
+        uib(512, 1, start=5, kernel=3, t=4),                # ExtraDW
+        uib(512, 1, start=5, kernel=5, t=4),                # ExtraDW
+        uib(512, 1, start=5, kernel=0, t=4, repeat=3),      # ConvNext
+    )
+
+
+def _mnv4_hybrid_medium() -> tuple[Row, ...]:
+    """MNv4-Hybrid-M: Conv-M's layout with Mobile MQA (4 heads, key dim 64) in the last two stages,
+    keys and values downsampled 2x at stride 16."""
+    uib = partial(Row, "uib", act="relu")
+    mqa = partial(Row, "mqa", kernel=3, heads=4, key_dim=64, act="relu")
+    return (
+        Row("fused", 48, 2, kernel=3, t=4, act="relu"),     # FusedIB
+        uib(80, 2, start=3, kernel=5, t=4),                 # ExtraDW
+        uib(80, 1, start=3, kernel=3, t=2),                 # ExtraDW
+        uib(160, 2, start=3, kernel=5, t=6),                # ExtraDW
+        uib(160, 1, start=0, kernel=0, t=2),                # FFN
+        uib(160, 1, start=3, kernel=3, t=4),                # ExtraDW
+        uib(160, 1, start=3, kernel=5, t=4),                # ExtraDW
+        mqa(160, 1, kv_stride=2),
+        uib(160, 1, start=3, kernel=3, t=4),                # ExtraDW
+        mqa(160, 1, kv_stride=2),
+        uib(160, 1, start=3, kernel=0, t=4),                # ConvNext
+        mqa(160, 1, kv_stride=2),
+        uib(160, 1, start=3, kernel=3, t=4),                # ExtraDW
+        mqa(160, 1, kv_stride=2),
+        uib(160, 1, start=3, kernel=0, t=4),                # ConvNext
+        uib(256, 2, start=5, kernel=5, t=6),                # ExtraDW
+        uib(256, 1, start=5, kernel=5, t=4),                # ExtraDW
+        uib(256, 1, start=3, kernel=5, t=4, repeat=2),      # ExtraDW
+        uib(256, 1, start=0, kernel=0, t=2),                # FFN
+        uib(256, 1, start=3, kernel=5, t=2),                # ExtraDW
+        uib(256, 1, start=0, kernel=0, t=2),                # FFN
+        uib(256, 1, start=0, kernel=0, t=4),                # FFN
+        mqa(256, 1),
+        uib(256, 1, start=3, kernel=0, t=4),                # ConvNext
+        mqa(256, 1),
+        uib(256, 1, start=5, kernel=5, t=4),                # ExtraDW
+        mqa(256, 1),
+        uib(256, 1, start=5, kernel=0, t=4),                # ConvNext
+        mqa(256, 1),
+        uib(256, 1, start=5, kernel=0, t=4),                # ConvNext
+    )
+
+
+def _mnv4_hybrid_large() -> tuple[Row, ...]:
+    """MNv4-Hybrid-L: Conv-L's layout with Mobile MQA (8 heads; key dim 48 with keys and values
+    downsampled 2x at stride 16, 64 at stride 32), GELU throughout."""
+    uib = partial(Row, "uib", act="gelu")
+    mqa16 = partial(Row, "mqa", 192, 1, kernel=3, heads=8, key_dim=48, kv_stride=2, act="gelu")
+    mqa32 = partial(Row, "mqa", 512, 1, kernel=3, heads=8, key_dim=64, act="gelu")
+    return (
+        Row("fused", 48, 2, kernel=3, t=4, act="gelu"),     # FusedIB
+        uib(96, 2, start=3, kernel=5, t=4),                 # ExtraDW
+        uib(96, 1, start=3, kernel=3, t=4),                 # ExtraDW
+        uib(192, 2, start=3, kernel=5, t=4),                # ExtraDW
+        uib(192, 1, start=3, kernel=3, t=4, repeat=3),      # ExtraDW
+        uib(192, 1, start=3, kernel=5, t=4),                # ExtraDW
+        uib(192, 1, start=5, kernel=3, t=4, repeat=2),      # ExtraDW
+        mqa16(),
+        uib(192, 1, start=5, kernel=3, t=4),                # ExtraDW
+        mqa16(),
+        uib(192, 1, start=5, kernel=3, t=4),                # ExtraDW
+        mqa16(),
+        uib(192, 1, start=5, kernel=3, t=4),                # ExtraDW
+        mqa16(),
+        uib(192, 1, start=3, kernel=0, t=4),                # ConvNext
+        uib(512, 2, start=5, kernel=5, t=4, repeat=4),      # ExtraDW (the first one strides)
+        uib(512, 1, start=5, kernel=0, t=4),                # ConvNext
+        uib(512, 1, start=5, kernel=3, t=4),                # ExtraDW
+        uib(512, 1, start=5, kernel=0, t=4, repeat=2),      # ConvNext
+        uib(512, 1, start=5, kernel=3, t=4),                # ExtraDW
+        uib(512, 1, start=5, kernel=5, t=4),                # ExtraDW
+        mqa32(),
+        uib(512, 1, start=5, kernel=0, t=4),                # ConvNext
+        mqa32(),
+        uib(512, 1, start=5, kernel=0, t=4),                # ConvNext
+        mqa32(),
+        uib(512, 1, start=5, kernel=0, t=4),                # ConvNext
+        mqa32(),
+        uib(512, 1, start=5, kernel=0, t=4),                # ConvNext
+    )
+
+
+def _v4(name: str, rows: tuple[Row, ...], stem: int, act: str = "relu", layer_scale: float | None = None
+        ) -> FamilySpec:
+    return FamilySpec(
+        name=name, paper="arXiv:2404.10518; official TF code's block specs (= timm)", rows=rows,
+        stem=stem, stem_act=act, head=960, head_act=act, pre_logits=1280, pre_logits_act=act,
+        pre_logits_norm=True, head_in_features=True, layer_scale=layer_scale, series="mobilenet_v4",
+    )
+
+
+# The hybrids' UIB and MQA branches carry layer scale (init 1e-5), as in the official code.
+MOBILENET_V4_CONV_SMALL = _v4("mobilenet_v4_conv_small", _mnv4_conv_small(), stem=32)
+MOBILENET_V4_CONV_MEDIUM = _v4("mobilenet_v4_conv_medium", _mnv4_conv_medium(), stem=32)
+MOBILENET_V4_CONV_LARGE = _v4("mobilenet_v4_conv_large", _mnv4_conv_large(), stem=24)
+MOBILENET_V4_HYBRID_MEDIUM = _v4("mobilenet_v4_hybrid_medium", _mnv4_hybrid_medium(), stem=32, layer_scale=1e-5)
+MOBILENET_V4_HYBRID_LARGE = _v4("mobilenet_v4_hybrid_large", _mnv4_hybrid_large(), stem=24, act="gelu",
+                                layer_scale=1e-5)
+
+
 FAMILIES: dict[str, FamilySpec] = {s.name: s for s in (
     MOBILENET_V1, MOBILENET_V2, MOBILENET_V3_LARGE, MOBILENET_V3_SMALL,
     MOBILENET_V3_LARGE_MINIMAL, MOBILENET_V3_SMALL_MINIMAL, MOBILENEXT,
+    MOBILENET_V4_CONV_SMALL, MOBILENET_V4_CONV_MEDIUM, MOBILENET_V4_CONV_LARGE,
+    MOBILENET_V4_HYBRID_MEDIUM, MOBILENET_V4_HYBRID_LARGE,
 )}

@@ -40,10 +40,12 @@ SOURCES = ("torchvision", "timm", "keras")
 
 V3_FAMILIES = ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v3_large_minimal",
                "mobilenet_v3_small_minimal")
+V4_FAMILIES = ("mobilenet_v4_conv_small", "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large",
+               "mobilenet_v4_hybrid_medium", "mobilenet_v4_hybrid_large")
 # Families each source implements (torchvision has no minimalistic V3, nobody but us has MobileNeXt).
 SOURCE_FAMILIES = {
     "torchvision": ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"),
-    "timm": ("mobilenet_v1", "mobilenet_v2") + V3_FAMILIES,
+    "timm": ("mobilenet_v1", "mobilenet_v2") + V3_FAMILIES + V4_FAMILIES,
     "keras": ("mobilenet_v1", "mobilenet_v2") + V3_FAMILIES,
 }
 
@@ -77,8 +79,12 @@ def source_options(source: str, family: str, width: float = 1.0, tf: bool = Fals
         # timm/models/efficientnet.py _gen_mobilenet_v1/_v2 and timm/models/mobilenetv3.py
         # _gen_mobilenet_v3: BN eps from resolve_bn_args (nn default; tf_* set BN_EPS_TF_DEFAULT and
         # pad_type="same"), mid = make_divisible(in_chs * exp_ratio), V2 num_features
-        # max(1280, round(1280 * w)), V3 fix_stem = w < 0.75 and num_features 1280/1024 at every width.
+        # max(1280, round(1280 * w)), V3 fix_stem = w < 0.75 and num_features 1280/1024 at every width;
+        # _gen_mobilenet_v4: fix_stem = w < 1.0, num_features 1280 at every width.
         _check_timm_expressible(family, width)
+        if family in V4_FAMILIES:
+            return dict(bn_eps=TF_BN_EPS if tf else TORCH_BN_EPS, tf_same=bool(tf), head_rule="keep_for_thin",
+                        stem_scaled=width >= 1.0)
         return dict(bn_eps=TF_BN_EPS if tf else TORCH_BN_EPS, tf_same=bool(tf), expand_rule="ratio",
                     head_rule="keep_for_thin", stem_scaled=width >= 0.75 if v3 else True)
     # keras/src/applications/mobilenet.py: BatchNormalization() (eps 1e-3), "same" stem, ZeroPadding2D
@@ -101,6 +107,9 @@ def _check_timm_expressible(family: str, width: float) -> None:
         if bad:
             raise UsageError(f"timm rounds MobileNetV1 channels to multiples of 8, ours (TF-slim, Keras) "
                              f"takes int(c * width): they differ at width {width} (channels {bad})")
+    if family in V4_FAMILIES and width > 1:
+        raise UsageError(f"timm keeps the {family} pre-logits layer at 1280 channels at every width, ours "
+                         f"scales it for width > 1: width {width} cannot be converted from timm")
     if family in V3_FAMILIES:
         if width > 1:
             raise UsageError(f"timm keeps the {family} pre-logits layer at {1280 if 'large' in family else 1024} "
@@ -347,6 +356,10 @@ _TIMM_CHILDREN = (
     ("conv_pwl", ("conv_pw", "bn1", "conv_dw", "bn2", "aa", "se", "conv_pwl", "bn3")),  # InvertedResidual
     ("conv_dw", ("conv_dw", "bn1", "aa", "se", "conv_pw", "bn2")),                      # DepthwiseSeparable
     ("conv_reduce", ("conv_reduce", "conv_expand")),                                    # SqueezeExcite
+    ("pw_proj", ("dw_start", "pw_exp", "dw_mid", "se", "pw_proj", "dw_end", "layer_scale")),  # UIR (MobileNetV4)
+    ("attn", ("norm", "attn", "layer_scale")),                                          # MobileAttention
+    ("query", ("query", "key", "value", "output")),                                     # MultiQueryAttention2d
+    ("down_conv", ("down_conv", "norm", "proj")),                                       # its key / value
     ("conv", ("conv", "bn1", "bn")),                                                    # ConvBnAct, ConvNormAct
 )
 _PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -137,6 +137,37 @@ def _timm() -> list[WeightSource]:
     return out
 
 
+def _timm_v4() -> list[WeightSource]:
+    """timm's MobileNetV4 ImageNet-1k checkpoints (Hugging Face only, no published hash): the
+    pretrained cfgs of ``timm/models/mobilenetv3.py``, the paper's resolution first for each model.
+    Their top-1 is in timm's results tables, which are not in its wheel: not recorded here."""
+    rows = [  # family, width, timm name, resolution, crop_pct, Inception mean/std
+        ("mobilenet_v4_conv_small", 1.0, "mobilenetv4_conv_small.e2400_r224_in1k", 224, 0.875, False),
+        ("mobilenet_v4_conv_small", 1.0, "mobilenetv4_conv_small.e1200_r224_in1k", 224, 0.875, False),
+        ("mobilenet_v4_conv_small", 1.0, "mobilenetv4_conv_small.e3600_r256_in1k", 256, 0.95, True),
+        ("mobilenet_v4_conv_small", 0.5, "mobilenetv4_conv_small_050.e3000_r224_in1k", 224, 0.875, True),
+        ("mobilenet_v4_conv_medium", 1.0, "mobilenetv4_conv_medium.e500_r256_in1k", 256, 0.95, False),
+        ("mobilenet_v4_conv_medium", 1.0, "mobilenetv4_conv_medium.e500_r224_in1k", 224, 0.95, False),
+        ("mobilenet_v4_conv_medium", 1.0, "mobilenetv4_conv_medium.e250_r384_in12k_ft_in1k", 384, 0.95, False),
+        ("mobilenet_v4_conv_large", 1.0, "mobilenetv4_conv_large.e600_r384_in1k", 384, 0.95, False),
+        ("mobilenet_v4_conv_large", 1.0, "mobilenetv4_conv_large.e500_r256_in1k", 256, 0.95, False),
+        ("mobilenet_v4_hybrid_medium", 1.0, "mobilenetv4_hybrid_medium.ix_e550_r256_in1k", 256, 0.95, False),
+        ("mobilenet_v4_hybrid_medium", 1.0, "mobilenetv4_hybrid_medium.e200_r256_in12k_ft_in1k", 256, 0.95, False),
+        ("mobilenet_v4_hybrid_medium", 1.0, "mobilenetv4_hybrid_medium.ix_e550_r384_in1k", 384, 0.95, False),
+        ("mobilenet_v4_hybrid_medium", 1.0, "mobilenetv4_hybrid_medium.e500_r224_in1k", 224, 0.95, False),
+        ("mobilenet_v4_hybrid_large", 1.0, "mobilenetv4_hybrid_large.e600_r384_in1k", 384, 0.95, False),
+        ("mobilenet_v4_hybrid_large", 1.0, "mobilenetv4_hybrid_large.ix_e600_r384_in1k", 384, 0.95, False),
+    ]
+    out = []
+    for family, width, name, res, crop, inception in rows:
+        mean, std = (INCEPTION_MEAN, INCEPTION_STD) if inception else (IMAGENET_MEAN, IMAGENET_STD)
+        out.append(WeightSource(family, width, f"timm.{name.split('.', 1)[1]}", "timm",
+                                f"https://huggingface.co/timm/{name}/resolve/main/model.safetensors",
+                                f"{name}.safetensors", preprocessing=_pre(crop, mean, std, "bicubic", res),
+                                resolution=res, reference=name))
+    return out
+
+
 _KERAS_V3_MD5 = {  # keras/src/applications/mobilenet_v3.py WEIGHTS_HASHES (with top)
     ("large", "", 0.75): "765b44a33ad4005b3ac83185abf1d0eb",
     ("large", "", 1.0): "59e551e166be033d707958cf9e29a6a7",
@@ -176,7 +207,7 @@ def _keras() -> list[WeightSource]:
 
 # Per (family, width), the first source is the default of ``pretrained=True``: torchvision
 # first (no extra dependency, newest recipe first), then timm, then Keras (needs keras + h5py).
-SOURCES: tuple[WeightSource, ...] = tuple(_torchvision() + _timm() + _keras())
+SOURCES: tuple[WeightSource, ...] = tuple(_torchvision() + _timm() + _timm_v4() + _keras())
 
 
 def sources_for(name: str, width: float | None = None) -> list[WeightSource]:
