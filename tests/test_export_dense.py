@@ -324,7 +324,8 @@ def test_detections_that_differ_leave_nothing(tmp_path, monkeypatch):
 
 
 @needs["onnx"]
-@pytest.mark.parametrize("family", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenext"])
+@pytest.mark.parametrize("family", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenext",
+                                    "mobilenet_v4_conv_small"])
 def test_every_family_in_every_head_exports_to_onnx(family, tmp_path):
     """Our builders on each family, exported and verified; BN statistics from data and class logits
     spread (as for torchvision's models above), so that detections are distinct and comparable."""

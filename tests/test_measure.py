@@ -302,6 +302,18 @@ def test_zoo_report_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_zoo_has_every_family_and_charts_them_all(tmp_path):
+    """Every family has a headline variant; the chart gives each series a colour (MobileNetV4's five
+    models are one series: thirteen families would overrun a ten-colour palette)."""
+    from mobilenets.measure.choose import HEADLINE
+    from mobilenets.models import FAMILIES, VARIANTS
+
+    assert {VARIANTS[n].family for n in HEADLINE} == set(FAMILIES)
+    entries = [Entry(n, VARIANTS[n].family, VARIANTS[n].width, 224, "fp32", "torch", 10**6, 10**8 * (i + 1),
+                     VARIANTS[n].top1, 1.0 + i, None, None, None) for i, n in enumerate(HEADLINE)]
+    assert plot(entries, tmp_path / "zoo.png", title="t").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_zoo_quick_considers_every_installed_runtime(fake_sessions, monkeypatch):
     monkeypatch.setattr(bench_mod, "runtime_versions",
                         lambda: {"torch": "1", "compile": "1", "onnxruntime": "1", "openvino": "1", "litert": "1"})

@@ -17,7 +17,8 @@ torchvision = pytest.importorskip("torchvision")
 tv_detection = pytest.importorskip("torchvision.models.detection")
 tv_segmentation = pytest.importorskip("torchvision.models.segmentation")
 
-FAMILIES = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenext"]
+FAMILIES = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenext",
+            "mobilenet_v4_conv_small", "mobilenet_v4_hybrid_medium"]
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:

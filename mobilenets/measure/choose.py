@@ -51,7 +51,7 @@ from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
 from ..core.hardware import cpu_has_bf16
 from ..deploy.runtimes import RUNTIMES
-from ..models import VARIANTS, Variant, get_variant
+from ..models import FAMILIES, VARIANTS, Variant, get_variant
 from . import latency
 from .bench import (
     SUPPORTED,
@@ -74,6 +74,8 @@ HEADLINE = [
     "mobilenet_v3_large_100", "mobilenet_v3_large_075", "mobilenet_v3_small_100", "mobilenet_v3_small_075",
     "mobilenet_v3_large_minimal_100", "mobilenet_v3_small_minimal_100",
     "mobilenext_140", "mobilenext_100", "mobilenext_075", "mobilenext_050",
+    "mobilenet_v4_conv_small", "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large",
+    "mobilenet_v4_hybrid_medium", "mobilenet_v4_hybrid_large",
 ]
 RESOLUTIONS = ["mobilenet_v1_100_192", "mobilenet_v1_100_160", "mobilenet_v1_100_128",
                "mobilenet_v2_100_192", "mobilenet_v2_100_160", "mobilenet_v2_100_128", "mobilenet_v2_100_96"]
@@ -540,11 +542,12 @@ def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budge
 
     pts = [e for e in entries if e.top1 is not None and e.median_ms is not None]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    families = sorted({e.family for e in pts})
-    colours = dict(zip(families, plt.cm.tab10.colors, strict=False))
+    series = {e.family: FAMILIES[e.family].series or e.family for e in pts}  # V4's five models: one series
+    families = sorted(set(series.values()))
+    colours = {fam: plt.cm.tab10.colors[i % 10] for i, fam in enumerate(families)}
     for ax, xkey, xlabel in ((axes[0], "median_ms", "latency, median ms"), (axes[1], "macs", "MACs (M)")):
         for fam in families:
-            group = [e for e in pts if e.family == fam]
+            group = [e for e in pts if series[e.family] == fam]
             xs = [getattr(e, xkey) / (1e6 if xkey == "macs" else 1) for e in group]
             ax.scatter(xs, [e.top1 for e in group], color=colours[fam], label=fam,
                        marker="o", s=[28 if e.precision == "fp32" else 40 for e in group],
@@ -562,6 +565,7 @@ def plot(entries: Sequence[Entry], path: str | os.PathLike, *, title: str, budge
             ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2, 5)))  # 2, 5, 20, 50...: no overlap
         ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xlabel)

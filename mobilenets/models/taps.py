@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError
-from .blocks import InvertedResidual
+from .blocks import InvertedResidual, UniversalInvertedBottleneck
 from .network import MobileNet, ModelConfig
 from .registry import model_config
 
@@ -51,12 +51,16 @@ def out_channels(layer: nn.Module) -> int:
 
 def expansion(block: nn.Module) -> nn.Module | None:
     """The expand 1x1 conv (+BN+act) after which SSDLite taps a block (``SSDLiteFeatureExtractorMobileNet``),
-    or None where the block has none that can be split off: a depthwise-separable or sandglass
-    block, an inverted residual without expansion, or one whose shortcut would span the split."""
-    if isinstance(block, InvertedResidual) and not isinstance(block.expand, nn.Identity) \
-            and not block.residual_channels:
-        return block.expand
-    return None
+    or None where the block has none that can be split off: a depthwise-separable, sandglass or
+    fused block, an inverted residual without expansion, a UIB whose stride is not after its
+    expansion (no middle depthwise), or a block whose shortcut would span the split. The block
+    runs in two halves, ``block.expanded`` and ``block.from_expanded``."""
+    if not isinstance(block, (InvertedResidual, UniversalInvertedBottleneck)) or block.residual_channels:
+        return None
+    middle = block.dw_mid if isinstance(block, UniversalInvertedBottleneck) else block.dw
+    if isinstance(block.expand, nn.Identity) or isinstance(middle, nn.Identity):
+        return None
+    return block.expand
 
 
 class Taps(nn.Module):
@@ -90,10 +94,10 @@ class Taps(nn.Module):
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         split = self.split[0] if self.split is not None else -1
         for i, layer in enumerate(layers(self)[:self.last + 1]):
-            if i == split:  # an InvertedResidual without shortcut (``expansion``), in two halves
-                x = layer.expand(x)
+            if i == split:  # a block without shortcut, in two halves (``expansion``)
+                x = layer.expanded(x)
                 out[self.split[1]] = x
-                x = layer.project(layer.se(layer.dw(x)))
+                x = layer.from_expanded(x)
             else:
                 x = layer(x)
             if i in self.taps:

@@ -8,6 +8,7 @@ usage logs when imported. Sessions run MNN's Interpreter (CPU, fp32 arithmetic f
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ from torch import nn
 
 from ...core.errors import UsageError
 from ..common import DEFAULT_OPSET, NO_STEPS, ExportError, Steps, first_line, quiet
+from ..graph import exact_gelu
 from .base import Runtime, Session, load_error
 
 ONNX_OPSET = 17  # the scratch ONNX file's opset (the TorchScript exporter; MNN's ONNX importer reads it)
@@ -57,7 +59,8 @@ def to_mnn(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic: boo
             axes = {"dynamic_axes": {n: {0: "batch"} for n in ["input", *outputs]}} if dynamic else {}
             try:
                 with torch.no_grad():
-                    torch.onnx.export(module.eval(), (example,), str(onnx_file), opset_version=ONNX_OPSET,
+                    torch.onnx.export(exact_gelu(copy.deepcopy(module)).eval(), (example,), str(onnx_file),
+                                      opset_version=ONNX_OPSET,
                                       dynamo=False, input_names=["input"], output_names=list(outputs),
                                       verbose=verbose, **axes)
             except Exception as exc:  # noqa: BLE001 - surface the exporter's first line
