@@ -120,6 +120,7 @@ def test_width_multiplier_converts_from_timm():
 # paper (Hybrid-M - Conv-M: 1.36M vs 1.3M; Hybrid-L - Conv-L: 5.17M vs 4.9M, 1.34G vs 1.3G MACs
 # with the attention products counted), so the gap is in the shared conv backbones. Pinned here:
 # (our params M, our MACs M).
+ATTENTION_MACS = {"mobilenet_v4_hybrid_medium": 41.9, "mobilenet_v4_hybrid_large": 339.7}  # the two products
 OFFICIAL = {
     "mobilenet_v4_conv_medium": (9.716, 1080.2),
     "mobilenet_v4_conv_large": (32.591, 6376.2),
@@ -141,6 +142,9 @@ def test_params_and_macs_against_paper_and_timm(name):
     else:
         # the paper's "0.2G" has one significant digit: 186M rounds to it
         assert params == pytest.approx(v.params_m, rel=0.03) and round(macs / 1000, 1) == v.macs_m / 1000
+    attention = [lay for lay in prof.layers if lay.type.startswith("attention")]
+    assert len(attention) == (8 if "hybrid" in name else 0)
+    assert sum(lay.macs for lay in attention) / 1e6 == pytest.approx(ATTENTION_MACS.get(name, 0), abs=0.1)
     if name.startswith("mobilenet_v4_hybrid"):  # what attention adds to the conv twin is the paper's
         twin = name.replace("hybrid", "conv")
         paper = v.params_m - VARIANTS[twin].params_m
@@ -294,3 +298,20 @@ def test_ssdlite_taps_the_expansion_of_the_stride_32_uib():
         assert torch.equal(block.from_expanded(block.expanded(x)), block(x))
         maps = body(torch.rand(1, 3, 320, 320))
     assert {k: v.shape[-1] for k, v in maps.items()} == {"0": 20, "1": 10}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v4_conv_small", "mobilenet_v4_hybrid_medium"])
+def test_cifar_stem_trains_on_32_pixels(name):
+    """``cifar_stem``: the stem and the next two stride-2 layers keep stride 1 (of five), so 32 px
+    images reach the last stage at 8x8 (the hybrid attends at 16x16 over keys and values downsampled
+    to 8x8, then at 8x8) and a step trains."""
+    torch.manual_seed(0)
+    model = build_model(name, width=0.5, num_classes=10, cifar_stem=True).train()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    assert model.forward_features(x).shape[-2:] == (8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = model.stem.conv.weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.stem.conv.weight)

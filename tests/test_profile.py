@@ -63,8 +63,11 @@ def test_v3_small_with_seed_cifar_stem_is_about_61m_macs():
     assert 55e6 < prof.macs < 65e6
 
 
-def test_layer_rows_sum_to_totals():
-    prof = profile(create_model("mobilenet_v3_large"))
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v4_conv_small", "mobilenet_v4_hybrid_medium"])
+def test_layer_rows_sum_to_totals(name):
+    """Also for MobileNetV4: the pre-logits BatchNorm1d and the hybrids' layer scales go with the op
+    they follow, and each Mobile MQA has a row for its attention products and its BatchNorm."""
+    prof = profile(create_model(name))
     assert sum(lay.macs for lay in prof.layers) == prof.macs
     assert sum(lay.params for lay in prof.layers) == prof.params
     assert prof.peak_memory == max(lay.memory for lay in prof.layers)
@@ -99,14 +102,16 @@ def test_mobilenext_thin_rows_documented_gap(name, max_macs_gap, max_params_gap)
     assert abs(prof.params / 1e6 / v.params_m - 1) <= max_params_gap
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenext"])
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenext",
+                                  "mobilenet_v4_hybrid_medium"])
 def test_stages_sum_to_the_totals_and_follow_feature_info(name):
     model = create_model(name)
     prof = profile(model)
+    res = model.config.resolution
     stages, after = prof.stages[:5], prof.stages[5:]
     assert [s.channels for s in stages] == [d["num_chs"] for d in model.feature_info]
     assert [s.reduction for s in stages] == [d["reduction"] for d in model.feature_info]
-    assert [s.output_shape[1:] for s in stages] == [(d["num_chs"], 224 // d["reduction"], 224 // d["reduction"])
+    assert [s.output_shape[1:] for s in stages] == [(d["num_chs"], res // d["reduction"], res // d["reduction"])
                                                      for d in model.feature_info]
     assert sum(s.macs for s in prof.stages) == prof.macs
     assert sum(s.params for s in prof.stages) == prof.params

@@ -1,9 +1,10 @@
 """Complexity of a model: MACs, parameters and activation memory, per layer and in total.
 
 Conventions (those of the TF-slim tables): MACs are the multiply-accumulates of convolutions
-and linear layers (squeeze-excite included) for one image, counted by PyTorch's
-``FlopCounterMode`` (FLOPs / 2); BN, activations, pooling and adds are excluded. Parameters
-include the classifier.
+and linear layers (squeeze-excite included) and of MobileNetV4's attention products for one image,
+counted by PyTorch's ``FlopCounterMode`` (FLOPs / 2); BN, activations, softmax, pooling and adds
+are excluded. Parameters include the classifier. Each Mobile MQA has a row of its own, its two
+attention products (and the BatchNorm before them), so that the rows sum to the totals.
 
 Activation memory models inference as a sequence of fused ops (conv+BN+activation is one op,
 as every runtime executes it): while an op runs, its input and output are alive, plus every
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models.layers import ConvNormAct, is_depthwise
+from ..models.blocks import MobileMQA
+from ..models.layers import ConvNormAct, LayerScale, is_depthwise
 from ..models.taps import named_layers
 
 
@@ -76,9 +78,24 @@ _OPS = (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)  # BN and activations are fu
 
 
 def _ops(model: nn.Module):
+    """The table's rows in execution order: every conv, linear layer and pool, and each Mobile MQA's
+    attention products, just before its output projection."""
+    attention: dict[str, tuple[str, nn.Module]] = {}
     for name, m in model.named_modules():
+        if isinstance(m, MobileMQA):
+            attention[f"{name}.output"] = (name, m)
+        if name in attention:
+            yield attention.pop(name)
         if isinstance(m, _OPS):
             yield name, m
+
+
+def _attention_elements(mqa: MobileMQA, x: torch.Tensor) -> int:
+    """Elements of a Mobile MQA's attention matrix: every query position of every head against
+    every (downsampled) key position."""
+    b, _, h, w = x.shape
+    s = mqa.kv_stride
+    return b * mqa.heads * h * w * (-(-h // s)) * (-(-w // s))
 
 
 def _input(model: nn.Module, res: int):
@@ -110,6 +127,8 @@ def profile(model: nn.Module, resolution: int | None = None, name: str | None = 
         def hook(mod, inputs, output):
             inp = sum(t.numel() for t in inputs if torch.is_tensor(t))
             live = inp + output.numel() + sum(held)
+            if isinstance(mod, MobileMQA):  # its peak: the input, the attention matrix, the output
+                live += _attention_elements(mod, inputs[0])
             if live > records.get(mod_name, {}).get("live", -1):  # a module run twice (a shared head): its largest call
                 records[mod_name] = dict(shape=tuple(output.shape), live=live, held=sum(held))
         return hook
@@ -144,9 +163,15 @@ def profile(model: nn.Module, resolution: int | None = None, name: str | None = 
     for mod_name, m in _ops(model):
         if mod_name not in records:
             continue
-        macs = sum(flops.get(f"{root}.{mod_name}", {}).values()) // 2
+        counts = flops.get(f"{root}.{mod_name}", {})
+        if isinstance(m, MobileMQA):  # its own row: the attention products (its convs have theirs)
+            macs = counts.get(torch.ops.aten.bmm, 0) // 2
+            shape = records[mod_name]["shape"]
+            shape = (shape[0], m.heads * m.key_dim, *shape[2:])
+        else:
+            macs, shape = sum(counts.values()) // 2, records[mod_name]["shape"]
         layers.append(LayerProfile(
-            name=mod_name, type=_op_type(m), output_shape=records[mod_name]["shape"],
+            name=mod_name, type=_op_type(m), output_shape=shape,
             macs=int(macs), params=_op_params(mod_name, m, modules),
             memory=records[mod_name]["live"] * dtype_bytes))
     return Profile(
@@ -206,13 +231,30 @@ def _parts(model: nn.Module, layers: list[LayerProfile]) -> list[PartProfile]:
 
 
 def _op_params(name: str, m: nn.Module, modules: dict[str, nn.Module]) -> int:
-    """Parameters of an op, with the BatchNorm fused into it (so the rows sum to the total)."""
-    parent = modules.get(name.rpartition(".")[0])
-    unit = parent if isinstance(parent, ConvNormAct) else m
-    return sum(p.numel() for p in unit.parameters())
+    """Parameters of an op, with what a runtime fuses into it, so that the rows sum to the total:
+    its BatchNorm (a ``ConvNormAct``'s, or the one after it in a ``Sequential``: V4's pre-logits),
+    the layer scale of the block it ends (V4's hybrids), and for a Mobile MQA row its BatchNorm."""
+    if isinstance(m, MobileMQA):
+        return sum(p.numel() for p in m.norm.parameters())
+    parent_name = name.rpartition(".")[0]
+    parent = modules.get(parent_name)
+    unit, unit_name = (parent, parent_name) if isinstance(parent, ConvNormAct) else (m, name)
+    count = sum(p.numel() for p in unit.parameters())
+    holder = modules.get(unit_name.rpartition(".")[0])
+    if isinstance(holder, nn.Sequential):
+        siblings = list(holder)
+        after = siblings[siblings.index(unit) + 1] if siblings.index(unit) + 1 < len(siblings) else None
+        if isinstance(after, nn.modules.batchnorm._BatchNorm):
+            count += sum(p.numel() for p in after.parameters())
+    scale = getattr(holder, "layer_scale", None)
+    if isinstance(scale, LayerScale) and unit is (getattr(holder, "project", None) or getattr(holder, "output", None)):
+        count += scale.gamma.numel()
+    return count
 
 
 def _op_type(m: nn.Module) -> str:
+    if isinstance(m, MobileMQA):
+        return f"attention {m.heads}x{m.key_dim}" + (f" kv/{m.kv_stride}" if m.kv_stride > 1 else "")
     if isinstance(m, nn.Conv2d):
         kind = "dwconv" if is_depthwise(m) else "conv"
         return f"{kind} {m.kernel_size[0]}x{m.kernel_size[1]}/{m.stride[0]}"

@@ -145,7 +145,7 @@ class MobileMQA(nn.Module):
     def __init__(self, cin: int, cout: int, heads: int, key_dim: int, kv_stride: int = 1, kernel: int = 3,
                  bn_eps: float = 1e-5, tf_same: bool = False, dilation: int = 1, layer_scale: float | None = None):
         super().__init__()
-        self.heads, self.key_dim = heads, key_dim
+        self.heads, self.key_dim, self.kv_stride = heads, key_dim, kv_stride
         self.norm = nn.BatchNorm2d(cin, eps=bn_eps)
         self.query = conv2d(cin, heads * key_dim, 1)
 
