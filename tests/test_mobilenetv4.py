@@ -58,16 +58,10 @@ def _randomize(model: nn.Module, x: torch.Tensor, attention_std: float | None = 
             for mqa in [m for m in model.modules() if isinstance(m, MobileMQA)]:
                 seen: list[torch.Tensor] = []
                 hook = mqa.register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(
-                    _attention_logits(mod, inp[0])))
+                    mod.logits(mod.norm(inp[0]))))
                 model(x)
                 hook.remove()
                 mqa.query.weight *= attention_std / seen[0].std()
-
-
-def _attention_logits(mqa: MobileMQA, x: torch.Tensor) -> torch.Tensor:
-    y, d = mqa.norm(x), mqa.key_dim
-    q = mqa.query(y).reshape(len(x), mqa.heads, d, -1).transpose(-1, -2).reshape(len(x), -1, d)
-    return torch.bmm(q * d ** -0.5, mqa.key(y).flatten(2))
 
 
 def _x() -> torch.Tensor:

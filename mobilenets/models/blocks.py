@@ -162,18 +162,22 @@ class MobileMQA(nn.Module):
         self.layer_scale = LayerScale(cout, layer_scale) if layer_scale is not None else nn.Identity()
         self.residual_channels = cin if cin == cout else 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        heads, d = self.heads, self.key_dim
-        y = self.norm(x)
+    def logits(self, y: torch.Tensor) -> torch.Tensor:
+        """The scaled attention logits (b, heads * hw, hw') of the normalised map ``y``."""
+        b, d = y.shape[0], self.key_dim
         # The one key/value head serves every query head: the heads are stacked along the query
         # positions (b, heads * hw, d), so both products are ``bmm`` without a broadcast (a broadcast,
         # or ``@``'s decomposition, leaves expand copies outside ExecuTorch's XNNPACK delegate).
         # (-1 rather than h * w: no arithmetic on traced sizes, which Core ML's converter cannot cast)
-        q = self.query(y).reshape(b, heads, d, -1).transpose(-1, -2).reshape(b, -1, d)
-        k = self.key(y).flatten(2)                                                        # b, d, hw'
+        q = self.query(y).reshape(b, self.heads, d, -1).transpose(-1, -2).reshape(b, -1, d)
+        return torch.bmm(q * d ** -0.5, self.key(y).flatten(2))                          # k: b, d, hw'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        heads, d = self.heads, self.key_dim
+        y = self.norm(x)
+        attn = torch.softmax(self.logits(y), dim=-1)                                      # b, heads * hw, hw'
         v = self.value(y).flatten(2).transpose(-1, -2)                                    # b, hw', d
-        attn = torch.softmax(torch.bmm(q * d ** -0.5, k), dim=-1)                        # b, heads * hw, hw'
         out = torch.bmm(attn, v).reshape(b, heads, -1, d).transpose(-1, -2).reshape(b, heads * d, h, w)
         out = self.layer_scale(self.output(out))
         return out + x if self.residual_channels else out
