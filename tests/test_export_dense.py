@@ -2,13 +2,13 @@
 (SSDLite, Faster R-CNN), each output named, verified in its runtime and described by the sidecar."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from test_export import needs  # skips only when a runtime is not installed at all
 from torch import nn
 
 from mobilenets import create_model
@@ -19,12 +19,7 @@ from mobilenets.deploy.runtimes.onnxruntime import OrtSession
 from mobilenets.deploy.tasks import structured_images
 
 RES = 64
-MODULES = {"onnx": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino",),
-           "tflite": ("ai_edge_litert", "litert_torch"), "executorch": ("executorch",), "ncnn": ("ncnn", "pnnx"),
-           "mnn": ("MNN", "onnx"), "coreml": ("coremltools",)}
-needs = {fmt: pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in mods), reason=f"{fmt} not installed")
-         for fmt, mods in MODULES.items()}
-EVERY = [pytest.param(f, marks=needs[f]) for f in MODULES]
+EVERY = [pytest.param(f, marks=needs[f]) for f in needs]
 
 
 def calibrated(model: nn.Module, run) -> nn.Module:

@@ -1,10 +1,10 @@
 """MobileNetV4 (arXiv:2404.10518): built from its tables, equal to timm's, measured against the paper."""
 import copy
-import importlib.metadata
 
 import numpy as np
 import pytest
 import torch
+from test_export import needs
 from torch import nn
 
 from mobilenets import VARIANTS, convert
@@ -181,20 +181,6 @@ def test_timm_checkpoint_from_the_registry_loads(tmp_path, monkeypatch):
 # at width 0.75 and 96 px. (IB and FFN are UIBs without depthwise convs: Conv-S's IBs go through the int8
 # tests below, and every form through the timm comparison above.)
 EXPORT_RES = 96
-FORMATS = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "nncf"),
-           "tflite": ("ai-edge-litert", "litert-torch"), "executorch": ("executorch",),
-           "ncnn": ("ncnn", "pnnx"), "mnn": ("MNN", "onnx"), "coreml": ("coremltools",)}
-
-
-def _require(fmt: str) -> None:
-    """Skip only when the runtime's package is not installed at all (an import failure fails)."""
-    for dist in FORMATS[fmt]:
-        try:
-            importlib.metadata.distribution(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip(f"{dist} is not installed")
-
-
 @pytest.fixture(scope="module")
 def hybrid() -> nn.Module:
     torch.manual_seed(0)
@@ -230,9 +216,8 @@ def test_the_attention_counts_in_the_export_tests(hybrid):
     assert len(scales) == 8 and (ref - without).abs().max() > 0.05
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=needs[f]) for f in needs])
 def test_hybrid_exports_equal_pytorch(hybrid, fmt, tmp_path):
-    _require(fmt)
     result = export(hybrid, fmt, tmp_path / "out/", resolution=EXPORT_RES)
     if fmt == "coreml":  # converted and inspected, run only on macOS
         assert result.verification["ran"] is False
@@ -244,8 +229,9 @@ def test_hybrid_exports_equal_pytorch(hybrid, fmt, tmp_path):
     assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL
 
 
-INT8 = [("onnx", "qdq"), ("onnx", "qoperator"), ("openvino", "qdq"), ("tflite", "qdq"), ("executorch", "qdq"),
-        ("mnn", "qdq"), ("coreml", "qdq")]
+INT8 = [pytest.param(fmt, form, marks=needs[fmt]) for fmt, form in (
+    ("onnx", "qdq"), ("onnx", "qoperator"), ("openvino", "qdq"), ("tflite", "qdq"), ("executorch", "qdq"),
+    ("mnn", "qdq"), ("coreml", "qdq"))]
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +246,6 @@ def conv_small() -> nn.Module:
 def test_int8_exports_follow_fp32(conv_small, fmt, form, tmp_path):
     """int8 on every runtime that has it: calibrated on one set of images, its logits on others
     correlate with PyTorch's fp32 logits (a wrong scale or layout gives noise)."""
-    _require(fmt)
     calib = _images(32, 11)
     result = export(conv_small, fmt, tmp_path / "out/", int8=True, calib=calib, resolution=RES, int8_format=form)
     assert result.precision == "int8"
