@@ -34,6 +34,7 @@ httpx = pytest.importorskip("httpx")
 th = pytest.importorskip("tritonclient.http")
 pytest.importorskip("onnxruntime")
 
+from conftest import spread_bn_and_head  # noqa: E402
 from google.protobuf import json_format, text_format  # noqa: E402
 from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -59,16 +60,7 @@ def tiny_model():
     logits differ between classes (a fresh network's are all ~0)."""
     torch.manual_seed(0)
     model = build_model("mobilenet_v3_small", width=0.35, resolution=RES, num_classes=CLASSES).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            elif isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, 0, 0.5)
-    return model
+    return spread_bn_and_head(model, mean=0.2, head_std=0.5)
 
 
 @pytest.fixture(scope="module")
