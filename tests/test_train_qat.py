@@ -66,8 +66,14 @@ def test_export_int8_of_a_qat_checkpoint_needs_no_calibration(ort_run, tmp_path,
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9  # the int8 file computes what QAT simulated
     if fmt == "onnx":
         import onnx
-        ops = {n.op_type for n in onnx.load(str(r.path)).graph.node}
-        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        graph = onnx.load(str(r.path)).graph
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+        # every convolution and linear layer (the pre-logits and classifier too) reads int8 weights
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        assert len(weighted) == 2 + sum(n.op_type == "Conv" for n in graph.node)  # the two linear layers are there
+        assert all(made_by.get(n.input[1]) == "DequantizeLinear" for n in weighted), \
+            [n.name for n in weighted if made_by.get(n.input[1]) != "DequantizeLinear"]
 
 
 @needs["tflite"]
@@ -101,3 +107,48 @@ def test_cli_qat_options(tmp_path):
                                    "synthetic:8", "-o", str(tmp_path / "z")])
     assert bad.exit_code == 2 and "NCHW" in bad.output
     assert "--qat-backend" in CliRunner().invoke(app, ["train", "--help"]).output
+
+
+def _ddp_qat_worker(rank, world, port, cfg_dict, queue):
+    import os
+
+    from mobilenets.train import Reporter
+    from mobilenets.train.config import TrainConfig
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    result = fit(TrainConfig.from_dict(cfg_dict), reporter=Reporter(enabled=False))
+    queue.put((rank, [(r["val_top1"], r["train_loss"]) for r in result.history]))
+
+
+@needs["onnx"]
+def test_qat_under_ddp_two_processes_on_cpu(tmp_path):
+    """`train --qat` in two DDP processes: the ranks report the same metrics, rank 0's checkpoint
+    carries the learned ranges, and its int8 export computes what the fake-quantized network does."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = resolve_config(**{**SMALL, "output": str(tmp_path / "ddp"), "qat": True, "epochs": 2, "device": "cpu"})
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_ddp_qat_worker, args=(r, 2, port, cfg.to_dict(), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0
+    results = sorted(queue.get() for _ in range(2))
+    assert results[0][1] == results[1][1] and len(results[0][1]) == 2  # all-reduced: one set of metrics
+    run = tmp_path / "ddp"
+    assert json.loads((run / "config.json").read_text())["resolved"]["world_size"] == 2
+    tensors, meta = read_weights(run / "best.safetensors")
+    assert json.loads(meta["extra"])["qat"]["backend"] == "onnxruntime"
+    assert any(k.startswith("qat.") and k.endswith(".scale") for k in tensors)
+    r = export(run, "onnx", tmp_path, int8=True)
+    x = _inputs()
+    with torch.no_grad():
+        ref = deploy_qat.learned_model(resolve_model(run).model)(torch.from_numpy(x)).numpy()
+    assert (open_session(r.path).run(x).argmax(1) == ref.argmax(1)).mean() >= 0.9

@@ -9,8 +9,9 @@ training loop, EMA, DDP, checkpoints and ``--resume`` treat it as any model:
 
 * ``onnxruntime`` / ``openvino``: ONNX Runtime's U8S8 QDQ recipe (``quantize.quantize_onnx``):
   uint8 asymmetric per-tensor activations, int8 symmetric per-channel weights in [-127, 127]; the
-  input and weights of every convolution, the output after its BN (and ReLU/ReLU6, which ORT folds
-  into the convolution), and the outputs of hard-swish, hard-sigmoid, add, mul and global pooling.
+  input and weights of every convolution and linear layer, the output after its BN (and
+  ReLU/ReLU6, which ORT folds into the convolution), and the outputs of hard-swish, hard-sigmoid,
+  add, mul and global pooling.
   OpenVINO reads the same QDQ graph (Q/DQ pairs become FakeQuantize, run as int8).
 * ``litert``: LiteRT's int8 specs (its PT2E quantizer's QAT config: int8 activations, int8
   symmetric per-channel weights) at the same places (LiteRT's own annotator fails on the conv-BN
@@ -62,7 +63,7 @@ def _placement(act, weight):
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
 
     aten = torch.ops.aten
-    conv = {aten.conv2d.default}
+    conv = {aten.conv2d.default, aten.linear.default}  # ORT quantizes Gemm as it does Conv
     norms = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
     clamps = {aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
     outputs = {aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default, aten.hardsigmoid_.default,
