@@ -1,5 +1,6 @@
-"""Quantization-aware fine-tuning: PT2E fake quantization, fine-tuning on labelled data, int8 files
-that run in ONNX Runtime and OpenVINO, at least as accurate as post-training quantization."""
+"""`export --int8 --qat-epochs N`: a thin call of `train --qat` on labelled data, then the int8 file
+of the learned ranges; files that run in ONNX Runtime, OpenVINO and LiteRT, at least as accurate as
+post-training quantization."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from mobilenets.core.errors import UsageError
 from mobilenets.core.preprocessing import cifar
 from mobilenets.deploy.calibration import load_images
 from mobilenets.deploy.export import export, qat_finetune
-from mobilenets.deploy.qat import load_training_data
 from mobilenets.deploy.runtimes import open_session
 from mobilenets.models.meta import CheckpointMeta
 from mobilenets.train.report import Reporter
@@ -119,9 +119,10 @@ def test_qat_onnx_at_least_as_accurate_as_ptq(model, data_dir, held_out, tmp_pat
                        for n in wdq)
     assert qat.precision == "int8" and qat.verification["top1_agreement"] >= 0.5
     info = qat.qat
-    assert info["epochs"] == 1 and info["steps"] >= 1 and info["data"]["images"] == 162  # 10% held out
+    assert info["epochs"] == 1 and len(info["history"]) == 1 and info["data"]["images"] == 162  # 10% held out
+    assert info["data"]["held_out"] == 18 and "network" not in info
     side = json.loads(qat.sidecar.read_text())
-    assert side["qat"]["route"] == "pt2e" and side["precision"] == "int8"
+    assert side["qat"]["route"].startswith("train --qat") and side["precision"] == "int8"
     assert sorted(p.name for p in (tmp_path / "qat").iterdir()) == sorted([qat.path.name, qat.sidecar.name])
 
 
@@ -135,13 +136,24 @@ def test_qat_openvino_ir(model, data_dir, held_out, tmp_path):
 
 
 @needs["onnx"]
-def test_qat_trains_on_qat_data_and_calibrates_on_calib(model, data_dir, held_out, tmp_path):
-    """``qat_data`` is what fine-tuning trains on; ``calib`` (here unlabelled images) only calibrates."""
+def test_qat_trains_on_qat_data_and_verifies_on_calib(model, data_dir, held_out, tmp_path):
+    """``qat_data`` is what `train --qat` trains on (normalised as the model was); ``calib`` (here
+    unlabelled images) only checks the file against the fake-quantized network."""
     x, _ = held_out
     r = export(model, "onnx", tmp_path, int8=True, calib=x[:32], qat_epochs=1, qat_data=f"folder:{data_dir}",
                qat_max_images=48, qat_batch_size=16, batch="dynamic")
     assert r.qat["data"]["images"] == 48 and r.qat["data"]["data"] == f"folder:{data_dir}"
-    assert r.qat["calib_images"] == 32 and r.qat["steps"] == 3
+    assert r.verification["images"] == 32 and r.verification["top1_agreement"] >= 0.9
+    assert r.qat["history"][0]["val_top1"] > 50  # the model's own normalisation: still far above chance (33%)
+
+
+@needs["tflite"]
+def test_qat_tflite_learns_litert_recipe(model, data_dir, held_out, tmp_path):
+    x, y = held_out
+    r = export(model, "tflite", tmp_path, int8=True, calib=f"folder:{data_dir}", qat_epochs=1, qat_max_images=64,
+               qat_batch_size=32)
+    assert r.qat["backend"] == "litert" and r.path.suffix == ".tflite"
+    assert accuracy(r.path, x, y) >= 0.8
 
 
 def test_bad_input_is_a_one_line_usage_error(model, data_dir, tmp_path):
@@ -152,6 +164,7 @@ def test_bad_input_is_a_one_line_usage_error(model, data_dir, tmp_path):
         (dict(calib=spec, qat_epochs=1), "int8"),
         (dict(int8=True, calib=np.zeros((4, 3, 32, 32), np.float32), qat_epochs=1), "labelled"),
         (dict(int8=True, calib=spec, qat_epochs=1, qat_lr=0.0), "learning rate"),
+        (dict(int8=True, calib=spec, qat_epochs=1, nhwc=True), "NCHW"),
     ]
     for kw, match in cases:
         with pytest.raises(UsageError, match=match) as err:
@@ -162,9 +175,9 @@ def test_bad_input_is_a_one_line_usage_error(model, data_dir, tmp_path):
     for i, f in enumerate(sorted(data_dir.rglob("*.png"))[:4]):
         (flat / f"{i}.png").write_bytes(f.read_bytes())
     with pytest.raises(UsageError, match="labelled"):
-        load_training_data(flat, model, PRE)
-    with pytest.raises(UsageError, match="tflite"):
-        export(model, "tflite", tmp_path, int8=True, calib=spec, qat_epochs=1)
+        export(model, "onnx", tmp_path, int8=True, calib=flat, qat_epochs=1)
+    with pytest.raises(UsageError, match="onnx, openvino, tflite, not executorch"):
+        export(model, "executorch", tmp_path, int8=True, calib=spec, qat_epochs=1)
     assert [p.name for p in tmp_path.iterdir()] == ["flat"]  # nothing written
 
 

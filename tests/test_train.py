@@ -167,6 +167,28 @@ def test_fine_tune_with_new_classes(tmp_path):
         assert evaluate_target(result.run_dir, f"folder:{tmp_path / 'imgs'}", val_size=everything)["images"] == 36
 
 
+def test_train_images_and_the_weights_normalisation(tmp_path):
+    """``train_images`` trains on a seeded sample of the training split; ``normalize="weights"``
+    normalises as the ``--weights`` model was trained (a fine-tune that keeps its inputs)."""
+    from mobilenets.core.preprocessing import cifar
+    from mobilenets.weights.io import save_checkpoint
+    with pytest.raises(UsageError, match="--weights"):
+        tiny(tmp_path, "x", normalize="weights")
+    base, _ = load_checkpoint(fit(tiny(tmp_path, "base", epochs=1), reporter=Reporter(enabled=False)).run_dir
+                              / "best.safetensors")
+    odd = cifar(16, (0.25, 0.5, 0.75), (0.5, 0.25, 0.125))
+    ckpt = save_checkpoint(tmp_path / "odd.safetensors", base, preprocessing=odd)
+    result = fit(tiny(tmp_path, "ft", epochs=1, train_images=40, normalize="weights", weights=str(ckpt)),
+                 reporter=Reporter(enabled=False))
+    resolved = json.loads((result.run_dir / "config.json").read_text())["resolved"]
+    assert resolved["data"]["train_images"] == 40
+    assert tuple(resolved["preprocessing"]["mean"]) == odd.mean and tuple(resolved["preprocessing"]["std"]) == odd.std
+    assert load_checkpoint(result.run_dir / "best.safetensors")[1].preprocessing.mean == odd.mean
+    everything = json.loads((fit(tiny(tmp_path, "all", epochs=1), reporter=Reporter(enabled=False)).run_dir
+                             / "config.json").read_text())["resolved"]["data"]
+    assert everything["train_images"] == 128  # synthetic:128 trains on all 128
+
+
 def test_val_every_validates_some_epochs_and_always_the_last(tmp_path):
     result = fit(tiny(tmp_path, epochs=5, val_every=3), reporter=Reporter(enabled=False))
     validated = [r["epoch"] for r in result.history if r["val_top1"] is not None]

@@ -76,6 +76,14 @@ def test_export_int8_of_a_qat_checkpoint_needs_no_calibration(ort_run, tmp_path,
             [n.name for n in weighted if made_by.get(n.input[1]) != "DequantizeLinear"]
 
 
+@needs["onnx"]
+def test_cli_export_of_a_qat_checkpoint_says_it_used_the_learned_ranges(ort_run, tmp_path):
+    res = CliRunner().invoke(app, ["export", str(ort_run.run_dir), "--format", "onnx", "--int8", "-o",
+                                   str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "learned ranges (onnxruntime recipe)" in res.output and (tmp_path / "m.onnx").is_file()
+
+
 @needs["tflite"]
 def test_litert_recipe_trains_and_exports_tflite(tmp_path):
     run = _run(tmp_path, "litert", qat=True, qat_backend="litert")

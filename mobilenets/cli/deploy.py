@@ -97,8 +97,8 @@ def export_cmd(
     min_agreement: Annotated[float, typer.Option(help="int8/bf16: least top-1 agreement with PyTorch, "
                                                  "in [0, 1]")] = 0.5,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the runtime check (not advised)")] = False,
-    qat_epochs: Annotated[int, typer.Option(help="int8: epochs of quantization-aware fine-tuning on --calib "
-                                            "(labelled: a dataset spec or class folders); 0 = post-training "
+    qat_epochs: Annotated[int, typer.Option(help="int8: epochs of quantization-aware fine-tuning "
+                                            "(train --qat) on --calib, a labelled dataset spec; 0 = post-training "
                                             "quantization")] = 0,
     qat_lr: Annotated[float | None, typer.Option(help="QAT learning rate (SGD, cosine; default 1e-3)")] = None,
     qat_images: Annotated[int | None, typer.Option(help="QAT: at most this many training images per epoch "
@@ -246,8 +246,12 @@ def result_table(result) -> Table:
     q = result.qat
     if q:
         last = q["history"][-1] if q.get("history") else {}
-        table.add_row("QAT", f"{q['epochs']} epoch(s), {q['steps']} steps on {q['data'].get('images')} images, "
-                      f"lr {q['lr']:g}" + (f", last train loss {last['train_loss']:.3f}" if last else ""))
+        if "learned" in q:
+            table.add_row("QAT", f"the checkpoint's learned ranges ({q['learned'].get('backend')} recipe)")
+        else:
+            table.add_row("QAT", f"train --qat: {q['epochs']} epoch(s) on {q['data'].get('images')} images, "
+                          f"lr {q['lr']:g}" + (f", last train loss {last['train_loss']:.3f}" if last else "")
+                          + (f", held-out top-1 {last['val_top1']:.2f}% (fake int8)" if "val_top1" in last else ""))
     c = result.control
     if c:
         table.add_row("accuracy control", f"{c['method']}: top-1 drop <= {c['max_drop']:g} points on "

@@ -134,10 +134,10 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     the logits; int8/bf16: top-1 agreement >= ``min_agreement``, in [0, 1]); a failure raises
     ``VerificationError`` and nothing is written. ``report``: for int8, also measure fp32 vs int8
     size, accuracy (on the held-out images) and latency on the same runtime.
-    ``qat_epochs``: 0 (default) is post-training quantization; N > 0 (int8, ONNX or OpenVINO) is
-    quantization-aware fine-tuning for N epochs (``mobilenets.deploy.qat``), calibrated on
-    ``calib``, trained on ``qat_data`` (labelled: a dataset spec, class folders, a labelled
-    ImageSet or a data set in memory; default: ``calib``, which must then be labelled);
+    ``qat_epochs``: 0 (default) is post-training quantization; N > 0 (int8: ONNX, OpenVINO, TFLite) is
+    ``train --qat`` of the model for N epochs (``deploy.qat.finetune``: the int8 recipe of ``fmt``, a
+    fine-tuning schedule) on ``qat_data`` (a labelled dataset spec; default: ``calib``, which must
+    then be one), its held-out split left out, then the int8 file of the ranges it learned;
     ``qat_lr``, ``qat_batch_size``, ``qat_max_images``: its learning rate, batch and training
     images, -1 meaning its default.
     ``steps``: receives the progress (``common.Steps``). Bad requests are a ``UsageError``
@@ -165,11 +165,14 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     _require(runtime, precision, qat_epochs)
     steps = steps or NO_STEPS
 
+    qat_spec = qat.check_data(calib if qat_data is None else qat_data) if qat_epochs else None
     net, meta, source = _resolve(model, task, weights)
     task = replace(task_of(net), meta=meta)
     learned = precision == "int8" and getattr(net, "qat_state", None) is not None  # a QAT checkpoint: learned ranges
     if precision == "int8" and calib is None and not learned and runtime.int8_calibrates:
         raise UsageError("int8 needs calibration data: pass calib (--calib DATA), a folder of images or a dataset spec")
+    if qat_epochs and nhwc:
+        raise UsageError("quantization-aware fine-tuning trains NCHW (train --qat): drop --nhwc")
     if learned and (qat_epochs or max_drop is not None or nhwc):
         raise UsageError(f"{source} is a quantization-aware checkpoint: its int8 export is its trained "
                          f"graph with the ranges it learned (NCHW; no --qat-epochs, --max-drop or --nhwc)")
@@ -186,12 +189,6 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
     needs_val = precision == "int8" and (report or max_drop is not None)
     val_set = _validation(val, calib, pre, meta, split, val_images, (chans, res, res), steps, needs_val)
     check_disjoint(calib_set, val_set)
-    train_data = None
-    if qat_epochs:
-        with steps("read QAT training data"):
-            train_data = qat.load_training_data(
-                calib if qat_data is None else qat_data, net, pre,
-                max_images=qat.DEFAULT_MAX_IMAGES if qat_max_images == -1 else qat_max_images)
 
     with staging_dir(out.parent) as work:
         deploy = deploy_module(net, nhwc=nhwc)
@@ -213,9 +210,10 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
             qat_info = {"learned": net.checkpoint_meta.extra["qat"]}
         elif precision == "int8" and qat_epochs:
             final = work / f"int8{suffix}"
-            qat_info = _qat_int8(net, train_data, calib_set, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
-                                 batch_size=qat_batch_size, resolution=res, nhwc=nhwc, pre=pre, batch=batch,
+            qat_info = _qat_int8(net, qat_spec, work, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
+                                 batch_size=qat_batch_size, max_images=qat_max_images, resolution=res, batch=batch,
                                  opset=opset, verbose=verbose)
+            net = qat_info.pop("network")  # verified below as what it computes: its fake-quantized graph
         elif precision == "int8" and max_drop is not None:
             final = work / f"int8{suffix}"
             control = accuracy.quantize_with_control(fmt, fp32_file, final, calib_set.images, val_set, max_drop,
@@ -248,7 +246,7 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
         elif verify:
             with steps("verify"):
                 checked = calib_set if val_set is None else val_set
-                reference = qat.learned_model(net) if learned else net  # QAT: the fake-quantized network
+                reference = qat.learned_model(net) if learned or qat_epochs else net  # QAT: fake-quantized
                 verification = verify_export(reference, final, backend, precision, checked, res, min_agreement,
                                              task=task)
         quant_report: dict = {}
@@ -330,26 +328,29 @@ def _validation(val, calib, pre, meta, split: dict, limit: int | None, shape: tu
     return val_set
 
 
-def _qat_int8(net, train_data, calib_set: ImageSet, final: Path, fmt: str, steps: Steps, *, epochs: int,
-              lr: float | None, batch_size: int | None, resolution: int, nhwc: bool, pre, batch, opset: int,
+def _qat_int8(net, data: str, work: Path, final: Path, fmt: str, steps: Steps, *, epochs: int, lr: float | None,
+              batch_size: int | None, max_images: int | None, resolution: int, batch, opset: int,
               verbose: bool) -> dict:
-    """Quantization-aware fine-tuning, then the int8 file at ``final``; returns the run's record."""
-    with steps("QAT fine-tune"):
-        qm = qat.finetune(net, train_data, calib_set.images, epochs=epochs, lr=qat.DEFAULT_LR if lr is None else lr,
-                          batch_size=batch_size or qat.DEFAULT_BATCH, resolution=resolution, nhwc=nhwc, pre=pre,
-                          reporter=None if steps is NO_STEPS else _StepsReporter(steps))
-    with steps("convert to int8"):
-        qat.save_int8(qm, fmt, final, batch=batch, opset=opset, verbose=verbose)
-    return qm.info
+    """``train --qat`` of ``net`` on ``data`` (``qat.finetune``), then the int8 file of its learned
+    ranges at ``final``; returns the run's record, with the fine-tuned network under "network"."""
+    with steps("QAT fine-tune (train --qat)"):
+        tuned, info = qat.finetune(net, data, work / "qat", fmt=fmt, epochs=epochs,
+                                   lr=qat.DEFAULT_LR if lr is None else lr,
+                                   batch_size=batch_size or qat.DEFAULT_BATCH, resolution=resolution,
+                                   max_images=qat.DEFAULT_MAX_IMAGES if max_images == -1 else max_images,
+                                   reporter=None if steps is NO_STEPS else _StepsReporter(steps))
+    with steps("convert the learned quantization to int8"):
+        qat.save_learned_int8(tuned, fmt, final, batch=batch, opset=opset, verbose=verbose)
+    return {**info, "network": tuned}
 
 
 def qat_finetune(model, data, fmt: str = "onnx", output: str | os.PathLike | None = None, *, epochs: int = 1,
                  lr: float = qat.DEFAULT_LR, calib_size: int = DEFAULT_CALIB_SIZE, batch_size: int = qat.DEFAULT_BATCH,
                  max_images: int | None = qat.DEFAULT_MAX_IMAGES, **export_kw) -> ExportResult:
-    """Quantization-aware fine-tuning of ``model`` on the labelled ``data`` (dataset spec, class
-    folders or labelled ImageSet), written as an int8 ``fmt`` file ("onnx": QDQ for ONNX Runtime,
-    "openvino": IR) through ``export``: verified in its runtime against the float model and
-    installed atomically. ``epochs=0`` is plain PTQ. ``result.qat``: what the fine-tuning did."""
+    """Quantization-aware fine-tuning (``train --qat``) of ``model`` on the labelled ``data`` (a
+    dataset spec), written as an int8 ``fmt`` file (ONNX QDQ, OpenVINO IR or TFLite)
+    through ``export``: verified in its runtime against the fake-quantized network and installed
+    atomically. ``result.qat``: what the fine-tuning did."""
     return export(model, fmt, output, int8=True, calib=data, calib_size=calib_size, qat_epochs=epochs, qat_lr=lr,
                   qat_batch_size=batch_size, qat_max_images=max_images, **export_kw)
 
@@ -414,8 +415,7 @@ def _check_request(fmt: str, *, int8: bool, precision: str | None, calib, batch,
         if precision != "int8":
             raise UsageError("quantization-aware fine-tuning produces an int8 model: add --int8")
         if fmt not in qat.FORMATS:
-            raise UsageError(f"quantization-aware fine-tuning exports onnx or openvino, not {fmt} "
-                             f"(TFLite int8 is post-training only)")
+            raise UsageError(f"quantization-aware fine-tuning exports {', '.join(qat.FORMATS)}, not {fmt}")
         qat.check_schedule(qat_epochs, qat.DEFAULT_LR if qat_lr is None else qat_lr,
                            qat_batch_size or qat.DEFAULT_BATCH)
         if qat_max_images not in (-1, None) and (not _is_int(qat_max_images) or qat_max_images < 1):

@@ -25,7 +25,7 @@ from .schedule import SCHEDULES
 
 GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "quantization", "system", "evaluation")
 TTA_MODES = ("none", "mirror", "mirror-shift")
-NORMALIZATIONS = ("data", "cifar10", "cifar100", "imagenet")
+NORMALIZATIONS = ("data", "cifar10", "cifar100", "imagenet", "weights")
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,12 @@ class TrainConfig:
     resolution: int | None = option(None, "input resolution (default: from the data)", "data", min=8, max=4096)
     preset: str | None = option(None, "preprocessing: cifar or imagenet (default: from the data)", "data",
                                 choices=("cifar", "imagenet"))
-    normalize: str = option("data", "normalisation mean/std: the data set's own, or those of cifar10, cifar100 "
-                            "or imagenet", "data", choices=NORMALIZATIONS)
+    normalize: str = option("data", "normalisation mean/std: the data set's own, those of cifar10, cifar100 "
+                            "or imagenet, or weights (the --weights model's own)", "data", choices=NORMALIZATIONS)
     val_size: float = option(0.1, "images held out of train/ when there is no val/ (a count, or a fraction < 1)",
                              "data", min=0, min_open=True)
+    train_images: int | None = option(None, "train on at most this many images, a seeded sample of the training "
+                                      "split (default: all)", "data", min=1)
     seed: int = option(0, "seed of init, shuffling, augmentation and the split", "data", min=0)
     strict: bool = option(False, "an unreadable image is an error, not skipped", "data", flags=("--strict",))
     download: bool = option(True, "download CIFAR when it is not there", "data")
@@ -296,6 +298,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"micro-batch {cfg.micro_batch} does not divide the batch size {cfg.batch_size}")
     if isinstance(cfg.val_size, float) and cfg.val_size >= 1 and not cfg.val_size.is_integer():
         raise UsageError(f"--val-size must be a fraction < 1 or a whole count, got {cfg.val_size}")
+    if cfg.normalize == "weights" and not cfg.weights:
+        raise UsageError("--normalize weights takes the mean/std of the --weights model: pass --weights")
     model_config(cfg.model, cfg.width, cifar_stem=cfg.cifar_stem, dropout=cfg.dropout)  # a known name, its width
     return cfg
 

@@ -29,7 +29,7 @@ from .budget import EpochTime, TimeBudget, epoch_cost, probe
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .config import TrainConfig, resolve_config, validate
 from .evaluation import evaluate, validates
-from .model import build_model, check_weights
+from .model import build_model, check_weights, weights_normalization
 from .optim import EMA
 from .qat import OBSERVE_FRACTION
 from .report import Reporter
@@ -129,8 +129,12 @@ def load_splits(cfg: TrainConfig, ctx: D.Context) -> DataSplits:
     """``cfg.data``, normalised as ``cfg.normalize`` says."""
     splits = load_data(cfg.data, resolution=cfg.resolution, preset=cfg.preset, val_size=cfg.val_size, seed=cfg.seed,
                        strict=cfg.strict, download=cfg.download and ctx.is_main)
+    if cfg.train_images is not None and len(splits.train) > cfg.train_images:
+        pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))
+        splits.train = splits.train.subset(pick[:cfg.train_images].sort().values)
+    splits.info["train_images"] = len(splits.train)
     if cfg.normalize != "data":
-        mean, std = STATS[cfg.normalize]
+        mean, std = weights_normalization(cfg) if cfg.normalize == "weights" else STATS[cfg.normalize]
         splits.preprocessing = dataclasses.replace(splits.preprocessing, mean=tuple(mean), std=tuple(std))
         for part in (splits.train, splits.val):
             if isinstance(part, LazyImageFolder):

@@ -34,6 +34,14 @@ def check_weights(cfg: TrainConfig) -> None:
         raise UsageError(f"no such checkpoint: {cfg.weights}")
 
 
+def weights_normalization(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the ``--weights`` model was trained with (``--normalize weights``)."""
+    pre = resolve_model(cfg.model, cfg.weights).meta.preprocessing
+    if pre is None:
+        raise UsageError(f"{cfg.weights} records no preprocessing: pick --normalize cifar10, cifar100 or imagenet")
+    return tuple(pre.mean), tuple(pre.std)
+
+
 def build_model(cfg: TrainConfig, num_classes: int, resolution: int, reporter: Reporter) -> MobileNet | QATNet:
     """``cfg.model`` for ``num_classes`` classes at ``resolution``, in training mode: from scratch,
     or from ``cfg.weights`` (a checkpoint or a weight source, as ``weights.resolve_model`` reads
