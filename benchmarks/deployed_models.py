@@ -11,8 +11,8 @@ Three stages, each a thin driver over the CLI a user would run (``mobilenets tra
 3. ``deploy`` (on the CPU; ``--models`` splits it over processes, ``merge`` then times all files
    together): per checkpoint, its own top-1 on the held-out images (``eval``), then
    fp32 exports (ONNX, OpenVINO, TFLite), int8 post-training (ORT QDQ, ORT QOperator, OpenVINO,
-   LiteRT) calibrated on 300 training images, accuracy-controlled int8 (``--max-drop 0.2``) and the
-   QAT int8 exports; each file scored by ``mobilenets eval FILE`` on the same held-out images (the
+   LiteRT) calibrated on 300 training images, accuracy-controlled int8 (``--max-drop 0.2``), QAT
+   int8 by ``export --qat-epochs 1`` (ONNX, OpenVINO, TFLite) and the QAT checkpoints' exports; each file scored by ``mobilenets eval FILE`` on the same held-out images (the
    sidecar carries the split), its size, and its latency at batch 1, 1 thread, at the model's own
    resolution (interleaved with the fp32 file of the same runtime). Writes
    ``benchmarks/results/deployed_models.json`` and prints the README's table.
@@ -45,7 +45,7 @@ RECIPE = ["--recipe", "default", "--batch-size", "256", "--lr", "0.2", "--warmup
 SCRATCH_EPOCHS = 12  # the QAT-from-scratch pair: short enough for both to run in a session
 QAT_FT = ["--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0", "--ema-decay", "0", "--label-smoothing", "0.1"]
 MAX_DROP = 0.2
-QAT_EXPORT = ["--qat-epochs", "1", "--qat-images", "5000"]  # export's own QAT: 1 epoch of 5,000 training images
+QAT_EXPORT = ["--qat-epochs", "1", "--qat-images", "5000"]  # export's QAT (train --qat): 1 epoch of 5,000 images
 
 
 def run(cmd: list[str], log: Path, timeout: float | None = None) -> subprocess.Popen:
@@ -130,7 +130,8 @@ def deploy_one(name: str, ckpt: Path, qat_ckpts: dict, args, work: Path) -> list
                 ("openvino", f"int8, max-drop {MAX_DROP}", ["--int8", *calib, "--max-drop", str(MAX_DROP)]),
                 ("tflite", f"int8, max-drop {MAX_DROP}", ["--int8", *calib, "--max-drop", str(MAX_DROP)]),
                 ("onnx", "int8 QDQ, QAT 1 epoch", ["--int8", *calib, *QAT_EXPORT]),
-                ("openvino", "int8, QAT 1 epoch", ["--int8", *calib, *QAT_EXPORT])]
+                ("openvino", "int8, QAT 1 epoch", ["--int8", *calib, *QAT_EXPORT]),
+                ("tflite", "int8, QAT 1 epoch", ["--int8", *calib, *QAT_EXPORT])]
     if not args.tflite_control and name != "v3s":  # LiteRT's search converts once per trial: minutes each
         variants = [v for v in variants if not (v[0] == "tflite" and "max-drop" in v[1])]
     variants = [(fmt, precision, opts, ckpt) for fmt, precision, opts in variants]

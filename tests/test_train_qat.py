@@ -117,40 +117,26 @@ def test_cli_qat_options(tmp_path):
     assert "--qat-backend" in CliRunner().invoke(app, ["train", "--help"]).output
 
 
-def _ddp_qat_worker(rank, world, port, cfg_dict, queue):
-    import os
-
-    from mobilenets.train import Reporter
-    from mobilenets.train.config import TrainConfig
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    result = fit(TrainConfig.from_dict(cfg_dict), reporter=Reporter(enabled=False))
-    queue.put((rank, [(r["val_top1"], r["train_loss"]) for r in result.history]))
-
-
 @needs["onnx"]
 def test_qat_under_ddp_two_processes_on_cpu(tmp_path):
     """`train --qat` in two DDP processes: the ranks report the same metrics, rank 0's checkpoint
     carries the learned ranges, and its int8 export computes what the fake-quantized network does."""
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from test_train import _ddp_worker, _free_port
     cfg = resolve_config(**{**SMALL, "output": str(tmp_path / "ddp"), "qat": True, "epochs": 2, "device": "cpu"})
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_ddp_qat_worker, args=(r, 2, port, cfg.to_dict(), queue)) for r in range(2)]
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, cfg.to_dict(), queue)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(300)
         assert p.exitcode == 0
     results = sorted(queue.get() for _ in range(2))
-    assert results[0][1] == results[1][1] and len(results[0][1]) == 2  # all-reduced: one set of metrics
+    assert results[0][1:] == results[1][1:]  # all-reduced: one set of metrics
     run = tmp_path / "ddp"
+    assert len(json.loads((run / "metrics.json").read_text())) == 2
     assert json.loads((run / "config.json").read_text())["resolved"]["world_size"] == 2
     tensors, meta = read_weights(run / "best.safetensors")
     assert json.loads(meta["extra"])["qat"]["backend"] == "onnxruntime"
