@@ -18,6 +18,8 @@ from mobilenets.deploy.export import export
 from mobilenets.deploy.runtimes import open_session
 from mobilenets.train import fit
 from mobilenets.train.config import resolve_config
+from mobilenets.train.qat import PLACEMENT as QAT_PLACEMENT
+from mobilenets.train.qat import QATNet
 from mobilenets.weights.io import read_weights
 from mobilenets.weights.resolve import resolve_model
 
@@ -44,10 +46,14 @@ def test_qat_checkpoint_carries_the_learned_quantization(ort_run):
     tensors, meta = read_weights(ort_run.run_dir / "best.safetensors")
     extra = json.loads(meta["extra"])
     assert extra["qat"]["backend"] == "onnxruntime" and extra["qat"]["resolution"] == 32
+    assert extra["qat"]["placement"] == QAT_PLACEMENT
     scales = [k for k in tensors if k.startswith("qat.") and k.endswith(".scale")]
     assert scales and all(float(tensors[k].min()) > 0 for k in scales)  # ranges were learned
     net = resolve_model(ort_run.run_dir / "best.safetensors").model  # still loads as a float model
     assert net.qat_state and all(not k.startswith("qat.") for k in net.state_dict())
+    older = {k: v for k, v in extra["qat"].items() if k != "placement"}  # before linear layers were quantized
+    with pytest.raises(UsageError, match="train --qat again"):  # not observers loaded into the wrong places
+        QATNet.from_checkpoint(net, net.qat_state, older)
 
 
 @needs["onnx"]

@@ -34,6 +34,7 @@ from ..models.network import MobileNet
 
 BACKENDS = ("onnxruntime", "openvino", "litert")
 PREFIX = "qat."  # checkpoint keys of the learned quantization parameters
+PLACEMENT = 2  # version of ``_placement``, recorded in checkpoints (1: convolutions only; 2: and linear layers)
 OBSERVE_FRACTION = 0.5  # the observers follow the activations for this share of training, then freeze
 
 
@@ -163,6 +164,7 @@ class QATNet(nn.Module):
     def record(self) -> dict:
         """What a checkpoint's metadata says of the quantization."""
         return {"backend": self.backend, "resolution": self.resolution, "route": "pt2e (torchao)",
+                "placement": PLACEMENT,
                 "scheme": "int8 symmetric per-channel weights; "
                           + ("int8 symmetric per-tensor activations (LiteRT)" if self.backend == "litert"
                              else "uint8 asymmetric per-tensor activations (ONNX Runtime QDQ)")}
@@ -182,6 +184,10 @@ class QATNet(nn.Module):
     def from_checkpoint(cls, net: MobileNet, qat_state: dict[str, torch.Tensor], record: dict) -> QATNet:
         """The QAT network of a checkpoint: ``net`` (its float weights), prepared again for the
         recorded backend, with the learned quantization state loaded; in eval mode."""
+        if record.get("placement", 1) != PLACEMENT:  # observers are numbered in graph order: they would shift
+            raise UsageError(f"this QAT checkpoint was trained with fake quantization placed by version "
+                             f"{record.get('placement', 1)} of the recipe, this mobilenets places it by version "
+                             f"{PLACEMENT} (linear layers too): run train --qat again")
         q = cls(net, record.get("backend", "onnxruntime"), resolution=record.get("resolution"))
         state = {**{k: v for k, v in q.graph.state_dict().items()},
                  **{k[len(PREFIX):]: v for k, v in qat_state.items()}}
