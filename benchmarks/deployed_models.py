@@ -12,8 +12,9 @@ Three stages, each a thin driver over the CLI a user would run (``mobilenets tra
    together): per checkpoint, its own top-1 on the held-out images (``eval``), then
    fp32 exports (ONNX, OpenVINO, TFLite), int8 post-training (ORT QDQ, ORT QOperator, OpenVINO,
    LiteRT) calibrated on 300 training images, accuracy-controlled int8 (``--max-drop 0.2``), QAT
-   int8 by ``export --qat-epochs 1`` (ONNX, OpenVINO, TFLite) and the QAT checkpoints' exports; each file scored by ``mobilenets eval FILE`` on the same held-out images (the
-   sidecar carries the split), its size, and its latency at batch 1, 1 thread, at the model's own
+   int8 by ``export --qat-epochs 1`` (ONNX, OpenVINO, TFLite) and the QAT checkpoints' exports;
+   each file scored by ``mobilenets eval FILE`` on the same held-out images (the sidecar carries
+   the split), its size, and its latency at batch 1, 1 thread, at the model's own
    resolution (interleaved with the fp32 file of the same runtime). Writes
    ``benchmarks/results/deployed_models.json`` and prints the README's table.
 
@@ -81,8 +82,12 @@ def scratch(args) -> None:
     out, sys_opts = Path(args.out), ["--device", args.device, "--threads", str(args.threads)]
     procs = {}
     model, opts = MODELS["v3s"]
+    if args.scratch_opts is not None:  # e.g. a recipe that fits a CPU: "--stem-layers 0 --batch-size 128 --lr 0.1"
+        opts = [*RECIPE, *args.scratch_opts.split()]
+    else:
+        opts = [*opts, *RECIPE]
     for name, extra in (("scratch_float", []), ("scratch_qat", ["--qat", "--qat-backend", "onnxruntime"])):
-        procs[name] = run([*CLI, "train", model, *opts, *RECIPE, "--epochs", str(SCRATCH_EPOCHS), "--data",
+        procs[name] = run([*CLI, "train", model, *opts, "--epochs", str(args.scratch_epochs), "--data",
                            args.data, *sys_opts, *extra, "-o", str(out / name)], out / f"{name}.log")
     wait_all(procs, args.timeout)
 
@@ -267,6 +272,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=max((os.cpu_count() or 2) // 5, 1))
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--qat-backend", default="onnxruntime")
+    ap.add_argument("--scratch-epochs", type=int, default=SCRATCH_EPOCHS, help="scratch: epochs of both runs")
+    ap.add_argument("--scratch-opts", default=None, help="scratch: train options after the recipe, replacing "
+                    "V3-Small's CIFAR stem (a recipe that fits a CPU)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--models", default=",".join(MODELS), help="deploy: which trained models")
     ap.add_argument("--tflite-control", action="store_true", help="deploy: LiteRT's accuracy control for every "

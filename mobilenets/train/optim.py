@@ -41,23 +41,38 @@ def make_optimizer(model: nn.Module, *, optimizer: str = "sgd", lr: float, momen
 
 
 class EMA:
-    """Exponential moving average of weights (float buffers averaged too), with timm's warm-up."""
+    """Exponential moving average of weights (float buffers averaged too), with timm's warm-up.
+
+    A QAT network's quantization state is not averaged: the average takes the model's current
+    ranges (scale, zero point, observed min/max; averaging min/max that start at +-inf gives NaN)
+    and keeps its own observers off, so validating it never moves them."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
+        self._copied = _quantization_buffers(self.module)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
         src = unwrap(model)
         torch._foreach_lerp_(list(self.module.parameters()), list(src.parameters()), 1 - d)
-        for e, m in zip(self.module.buffers(), src.buffers(), strict=True):
-            if e.shape != m.shape:  # a QAT observer sized its per-channel ranges on its first batch
-                e.resize_(m.shape).copy_(m)
+        for (name, e), m in zip(self.module.named_buffers(), src.buffers(), strict=True):
+            if name in self._copied:
+                if not name.endswith("observer_enabled"):  # the average's observers stay off
+                    e.resize_(m.shape).copy_(m)  # a per-channel observer is sized on its first batch
             elif e.is_floating_point():
                 e.lerp_(m, 1 - d)
             else:
                 e.copy_(m)
+
+
+def _quantization_buffers(model: nn.Module) -> set[str]:
+    """Names of the buffers of ``model``'s fake quantizers (QAT) and their observers."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if hasattr(module, "fake_quant_enabled") and hasattr(module, "observer_enabled"):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_buffers())
+    return names
