@@ -2,7 +2,8 @@
 
 ``target`` is anything ``weights.resolve_model`` reads: a training run directory, a checkpoint
 (with a model name when the file does not say which model it holds), or an exported file
-(``.onnx``, ``.xml``, ``.tflite``), which runs in its own runtime (``deploy.runtimes``). The
+(``.onnx``, ``.xml``, ``.tflite``), which runs in its own runtime (``deploy.runtimes``); a
+quantization-aware checkpoint runs fake-quantized with its learned ranges, as it trained. The
 images are preprocessed as the target records (its checkpoint metadata or export sidecar), and
 scored by the loop that validates during training (``train.evaluation``), so the figures agree.
 """
@@ -16,6 +17,7 @@ import torch
 from .core.errors import UsageError
 from .core.hardware import resolve_device
 from .data.datasets import LazyImageFolder, load_data
+from .deploy.qat import learned_model
 from .deploy.runtimes import open_session
 from .models.meta import CheckpointMeta
 from .train import distributed as D
@@ -62,7 +64,10 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
     if session is not None:  # NCHW float32 numpy in, whatever device its runtime runs on
         model, dev, channels_last = _session_logits(session), torch.device("cpu"), False
     else:
-        model = resolved.model.to(dev)
+        model = resolved.model
+        if getattr(model, "qat_state", None) is not None:  # a QAT checkpoint: what its int8 export computes
+            model, channels_last = learned_model(model), False
+        model = model.to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
     res = score(model, splits.val, pre, batch_size=batch_size, device=dev, channels_last=channels_last,
@@ -70,6 +75,8 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
     skipped = [{"path": p, "reason": r} for p, r in res.pop("skipped")]
     skipped += [{"path": s.path, "reason": s.reason} for s in splits.skipped]
     path = resolved.path if resolved.path is not None else weights
+    if resolved.model is not None and getattr(resolved.model, "qat_state", None) is not None:
+        res["quantization"] = "fake int8, the QAT checkpoint's learned ranges"
     return {**res, "model": resolved.name, "kind": resolved.kind, "weights": None if path is None else str(path),
             "data": str(data), "split": splits.info.get("val"), "preprocessing": pre.to_dict(), "skipped": skipped}
 

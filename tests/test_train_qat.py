@@ -56,6 +56,14 @@ def test_qat_checkpoint_carries_the_learned_quantization(ort_run):
         QATNet.from_checkpoint(net, net.qat_state, older)
 
 
+def test_eval_of_a_qat_checkpoint_scores_it_fake_quantized(ort_run):
+    """`eval` of a QAT checkpoint gives the held-out top-1 its training validated (fake int8), not
+    its float weights' (which QAT did not train to work alone)."""
+    from mobilenets.evaluate import evaluate
+    ev = evaluate(ort_run.run_dir / "last.safetensors", SMALL["data"], device="cpu")
+    assert ev["top1"] == pytest.approx(ort_run.history[-1]["val_top1"]) and "fake int8" in ev["quantization"]
+
+
 @needs["onnx"]
 @pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs["onnx"]),
                                  pytest.param("openvino", marks=needs["openvino"])])
