@@ -42,6 +42,21 @@ def _inputs(n=16, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
 
 
+def assert_computes_the_fake_quantized_network(path, run_dir, x, steps=2):
+    """The int8 file's logits are within ``steps`` steps of the output quantizer of the
+    fake-quantized network's. (These seconds-long runs give nearly constant logits, as any
+    untrained MobileNetV3 does, so top-1 agreement would compare ties; test_qat checks accuracy on
+    a trained model.)"""
+    fake = deploy_qat.learned_model(resolve_model(run_dir).model)
+    with torch.no_grad():
+        ref = fake(torch.from_numpy(x)).numpy()
+    quantizers = [n.target for n in fake.graph.graph.nodes
+                  if n.op == "call_module" and str(n.target).startswith("activation_post_process")]
+    step = float(fake.graph.get_submodule(quantizers[-1]).scale.max())  # the logits' quantizer
+    diff = float(np.abs(open_session(path).run(x) - ref).max())
+    assert diff <= steps * step + 1e-6, (diff, step)
+
+
 def test_qat_checkpoint_carries_the_learned_quantization(ort_run):
     tensors, meta = read_weights(ort_run.run_dir / "best.safetensors")
     extra = json.loads(meta["extra"])
@@ -70,14 +85,10 @@ def test_eval_of_a_qat_checkpoint_scores_it_fake_quantized(ort_run):
 def test_export_int8_of_a_qat_checkpoint_needs_no_calibration(ort_run, tmp_path, fmt, monkeypatch):
     calls = []
     monkeypatch.setattr(deploy_qat, "finetune", lambda *a, **k: calls.append("finetune"))
-    r = export(ort_run.run_dir, fmt, tmp_path, int8=True)  # no calib: the learned ranges are used
+    r = export(ort_run.run_dir, fmt, tmp_path, int8=True, min_agreement=0.0)  # no calib: the learned ranges
     assert r.precision == "int8" and r.qat["learned"]["backend"] == "onnxruntime" and not calls
-    x = _inputs()
-    fake = deploy_qat.learned_model(resolve_model(ort_run.run_dir).model)
-    with torch.no_grad():
-        ref = fake(torch.from_numpy(x)).numpy()
-    got = open_session(r.path).run(x)
-    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9  # the int8 file computes what QAT simulated
+    # OpenVINO requantizes inside its fused int8 kernels: 5 steps measured, ONNX Runtime within 1
+    assert_computes_the_fake_quantized_network(r.path, ort_run.run_dir, _inputs(), steps=2 if fmt == "onnx" else 8)
     if fmt == "onnx":
         import onnx
         graph = onnx.load(str(r.path)).graph
@@ -92,8 +103,8 @@ def test_export_int8_of_a_qat_checkpoint_needs_no_calibration(ort_run, tmp_path,
 
 @needs["onnx"]
 def test_cli_export_of_a_qat_checkpoint_says_it_used_the_learned_ranges(ort_run, tmp_path):
-    res = CliRunner().invoke(app, ["export", str(ort_run.run_dir), "--format", "onnx", "--int8", "-o",
-                                   str(tmp_path / "m.onnx")])
+    res = CliRunner().invoke(app, ["export", str(ort_run.run_dir), "--format", "onnx", "--int8", "--min-agreement",
+                                   "0", "-o", str(tmp_path / "m.onnx")])
     assert res.exit_code == 0, res.output
     assert "learned ranges (onnxruntime recipe)" in res.output and (tmp_path / "m.onnx").is_file()
 
@@ -165,8 +176,5 @@ def test_qat_under_ddp_two_processes_on_cpu(tmp_path):
     tensors, meta = read_weights(run / "best.safetensors")
     assert json.loads(meta["extra"])["qat"]["backend"] == "onnxruntime"
     assert any(k.startswith("qat.") and k.endswith(".scale") for k in tensors)
-    r = export(run, "onnx", tmp_path, int8=True)
-    x = _inputs()
-    with torch.no_grad():
-        ref = deploy_qat.learned_model(resolve_model(run).model)(torch.from_numpy(x)).numpy()
-    assert (open_session(r.path).run(x).argmax(1) == ref.argmax(1)).mean() >= 0.9
+    r = export(run, "onnx", tmp_path, int8=True, min_agreement=0.0)
+    assert_computes_the_fake_quantized_network(r.path, run, _inputs())
