@@ -244,7 +244,7 @@ def merge(args) -> None:
     scratch = json.loads(Path(args.scratch).read_text()) if args.scratch else {}
     result = {"machine": machine(), "data": args.data, "rows": rows, "qat_from_scratch": scratch,
               "max_drop": MAX_DROP, "date": time.strftime("%Y-%m-%d")}
-    (RESULTS / "deployed_models.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"deployed_models{args.tag}.json").write_text(json.dumps(result, indent=1))
     print(table(rows))
 
 
@@ -280,7 +280,7 @@ def main() -> None:
     ap.add_argument("--tflite-control", action="store_true", help="deploy: LiteRT's accuracy control for every "
                     "model (default: V3-Small only)")
     ap.add_argument("--reuse", action="store_true", help="deploy: score files an earlier run exported")
-    ap.add_argument("--tag", default="", help="deploy: suffix of the results file")
+    ap.add_argument("--tag", default="", help="deploy, merge: suffix of the results file")
     ap.add_argument("--scratch", default=None, help="merge: JSON of the QAT-from-scratch pair's figures")
     args = ap.parse_args()
     {"train": train, "scratch": scratch, "qat": qat, "deploy": deploy, "merge": merge}[args.stage](args)
