@@ -139,6 +139,8 @@ class TrainConfig:
                        "quantization", flags=("--qat",))
     qat_backend: str = option("onnxruntime", "the int8 recipe QAT simulates: onnxruntime (also OpenVINO) or litert",
                               "quantization", choices=("onnxruntime", "openvino", "litert"))
+    qat_delay: int = option(0, "QAT: epochs trained in float before the fake quantization switches on, the "
+                            "observers watching from the start (TF-slim's --quantize_delay)", "quantization", min=0)
     # system
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps", "system")
     threads: int | None = option(None, "torch threads per process (default: torch's)", "system", min=1)
@@ -298,6 +300,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"micro-batch {cfg.micro_batch} does not divide the batch size {cfg.batch_size}")
     if isinstance(cfg.val_size, float) and cfg.val_size >= 1 and not cfg.val_size.is_integer():
         raise UsageError(f"--val-size must be a fraction < 1 or a whole count, got {cfg.val_size}")
+    if cfg.qat_delay and (not cfg.qat or cfg.qat_delay >= cfg.epochs):
+        raise UsageError(f"--qat-delay {cfg.qat_delay} needs --qat and fewer epochs of delay than --epochs "
+                         f"({cfg.epochs})")
     if cfg.normalize == "weights" and not cfg.weights:
         raise UsageError("--normalize weights takes the mean/std of the --weights model: pass --weights")
     model_config(cfg.model, cfg.width, cifar_stem=cfg.cifar_stem, dropout=cfg.dropout)  # a known name, its width

@@ -157,6 +157,11 @@ class QATNet(nn.Module):
         self.observing = on
         self._set_observers(on and self.training)
 
+    def fake_quantize(self, on: bool) -> None:
+        """Simulate int8 (``on``) or run the prepared graph in float, observers untouched (``--qat-delay``)."""
+        from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant
+        self.graph.apply(enable_fake_quant if on else disable_fake_quant)
+
     def _set_observers(self, on: bool) -> None:
         from torchao.quantization.pt2e import disable_observer, enable_observer
         self.graph.apply(enable_observer if on else disable_observer)
