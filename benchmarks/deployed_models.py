@@ -86,7 +86,8 @@ def scratch(args) -> None:
         opts = [*RECIPE, *args.scratch_opts.split()]
     else:
         opts = [*opts, *RECIPE]
-    for name, extra in (("scratch_float", []), ("scratch_qat", ["--qat", "--qat-backend", "onnxruntime"])):
+    delay = ["--qat-delay", str(args.scratch_qat_delay)] if args.scratch_qat_delay else []
+    for name, extra in (("scratch_float", []), ("scratch_qat", ["--qat", "--qat-backend", "onnxruntime", *delay])):
         procs[name] = run([*CLI, "train", model, *opts, "--epochs", str(args.scratch_epochs), "--data",
                            args.data, *sys_opts, *extra, "-o", str(out / name)], out / f"{name}.log")
     wait_all(procs, args.timeout)
@@ -273,6 +274,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--qat-backend", default="onnxruntime")
     ap.add_argument("--scratch-epochs", type=int, default=SCRATCH_EPOCHS, help="scratch: epochs of both runs")
+    ap.add_argument("--scratch-qat-delay", type=int, default=0, help="scratch: float epochs of the QAT run before "
+                    "its fake quantization (train --qat-delay)")
     ap.add_argument("--scratch-opts", default=None, help="scratch: train options after the recipe, replacing "
                     "V3-Small's CIFAR stem (a recipe that fits a CPU)")
     ap.add_argument("--timeout", type=float, default=3600)

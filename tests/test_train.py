@@ -584,8 +584,9 @@ def _ddp_worker(rank, world, port, cfg_dict, queue):
     queue.put((rank, result.history[-1]["val_top1"], result.history[-1]["train_loss"]))
 
 
-def test_distributed_two_processes_on_cpu(tmp_path):
-    cfg = tiny(tmp_path, "ddp", epochs=1, device="cpu")
+def run_ddp(cfg: TrainConfig, timeout: float = 120) -> list[tuple]:
+    """``fit(cfg)`` in two spawned DDP processes (gloo on a free loopback port): each rank's
+    (rank, last val top-1, last train loss), sorted by rank."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = _free_port()
@@ -593,9 +594,13 @@ def test_distributed_two_processes_on_cpu(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(timeout)
         assert p.exitcode == 0
-    results = sorted(queue.get() for _ in range(2))
+    return sorted(queue.get() for _ in range(2))
+
+
+def test_distributed_two_processes_on_cpu(tmp_path):
+    results = run_ddp(tiny(tmp_path, "ddp", epochs=1, device="cpu"))
     assert results[0][1:] == results[1][1:]  # metrics are all-reduced: every rank reports the same
     run = tmp_path / "ddp"
     config = json.loads((run / "config.json").read_text())

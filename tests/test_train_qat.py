@@ -189,19 +189,9 @@ def test_cli_qat_options(tmp_path):
 def test_qat_under_ddp_two_processes_on_cpu(tmp_path):
     """`train --qat` in two DDP processes: the ranks report the same metrics, rank 0's checkpoint
     carries the learned ranges, and its int8 export computes what the fake-quantized network does."""
-    import torch.multiprocessing as mp
-    from test_train import _ddp_worker, _free_port
+    from test_train import run_ddp
     cfg = resolve_config(**{**SMALL, "output": str(tmp_path / "ddp"), "qat": True, "epochs": 2, "device": "cpu"})
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, cfg.to_dict(), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-        assert p.exitcode == 0
-    results = sorted(queue.get() for _ in range(2))
+    results = run_ddp(cfg, timeout=300)
     assert results[0][1:] == results[1][1:]  # all-reduced: one set of metrics
     run = tmp_path / "ddp"
     assert len(json.loads((run / "metrics.json").read_text())) == 2
