@@ -48,6 +48,7 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
         raise UsageError(f"{target} is a model name: give its checkpoint (--weights FILE), a run directory, "
                          f"a checkpoint or an exported file")
     meta = resolved.meta
+    qat = resolved.model is not None and getattr(resolved.model, "qat_state", None) is not None  # a QAT checkpoint
     # an export runs on the CPU unless a CUDA device is asked for by name (ONNX Runtime's CUDA provider)
     on = str(dev) if device not in (None, "auto") and dev.type == "cuda" else None
     session = open_session(resolved.path, threads=torch.get_num_threads(), device=on) if resolved.is_export else None
@@ -64,9 +65,8 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
     if session is not None:  # NCHW float32 numpy in, whatever device its runtime runs on
         model, dev, channels_last = _session_logits(session), torch.device("cpu"), False
     else:
-        model = resolved.model
-        if getattr(model, "qat_state", None) is not None:  # a QAT checkpoint: what its int8 export computes
-            model, channels_last = learned_model(model), False
+        model = learned_model(resolved.model) if qat else resolved.model  # QAT: what its int8 export computes
+        channels_last = channels_last and not qat
         model = model.to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -75,7 +75,7 @@ def evaluate(target, data: str, *, weights: str | os.PathLike | None = None, bat
     skipped = [{"path": p, "reason": r} for p, r in res.pop("skipped")]
     skipped += [{"path": s.path, "reason": s.reason} for s in splits.skipped]
     path = resolved.path if resolved.path is not None else weights
-    if resolved.model is not None and getattr(resolved.model, "qat_state", None) is not None:
+    if qat:
         res["quantization"] = "fake int8, the QAT checkpoint's learned ranges"
     return {**res, "model": resolved.name, "kind": resolved.kind, "weights": None if path is None else str(path),
             "data": str(data), "split": splits.info.get("val"), "preprocessing": pre.to_dict(), "skipped": skipped}

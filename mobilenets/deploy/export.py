@@ -210,10 +210,10 @@ def export(model, fmt: str, output: str | os.PathLike | None = None, *, int8: bo
             qat_info = {"learned": net.checkpoint_meta.extra["qat"]}
         elif precision == "int8" and qat_epochs:
             final = work / f"int8{suffix}"
-            qat_info = _qat_int8(net, qat_spec, work, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
-                                 batch_size=qat_batch_size, max_images=qat_max_images, resolution=res, batch=batch,
-                                 opset=opset, verbose=verbose)
-            net = qat_info.pop("network")  # verified below as what it computes: its fake-quantized graph
+            # the fine-tuned network is verified below as what it computes: its fake-quantized graph
+            net, qat_info = _qat_int8(net, qat_spec, work, final, fmt, steps, epochs=qat_epochs, lr=qat_lr,
+                                      batch_size=qat_batch_size, max_images=qat_max_images, resolution=res,
+                                      batch=batch, opset=opset, verbose=verbose)
         elif precision == "int8" and max_drop is not None:
             final = work / f"int8{suffix}"
             control = accuracy.quantize_with_control(fmt, fp32_file, final, calib_set.images, val_set, max_drop,
@@ -330,9 +330,9 @@ def _validation(val, calib, pre, meta, split: dict, limit: int | None, shape: tu
 
 def _qat_int8(net, data: str, work: Path, final: Path, fmt: str, steps: Steps, *, epochs: int, lr: float | None,
               batch_size: int | None, max_images: int | None, resolution: int, batch, opset: int,
-              verbose: bool) -> dict:
+              verbose: bool) -> tuple[nn.Module, dict]:
     """``train --qat`` of ``net`` on ``data`` (``qat.finetune``), then the int8 file of its learned
-    ranges at ``final``; returns the run's record, with the fine-tuned network under "network"."""
+    ranges at ``final``; returns the fine-tuned network and the run's record."""
     with steps("QAT fine-tune (train --qat)"):
         tuned, info = qat.finetune(net, data, work / "qat", fmt=fmt, epochs=epochs,
                                    lr=qat.DEFAULT_LR if lr is None else lr,
@@ -341,7 +341,7 @@ def _qat_int8(net, data: str, work: Path, final: Path, fmt: str, steps: Steps, *
                                    reporter=None if steps is NO_STEPS else _StepsReporter(steps))
     with steps("convert the learned quantization to int8"):
         qat.save_learned_int8(tuned, fmt, final, batch=batch, opset=opset, verbose=verbose)
-    return {**info, "network": tuned}
+    return tuned, info
 
 
 def qat_finetune(model, data, fmt: str = "onnx", output: str | os.PathLike | None = None, *, epochs: int = 1,

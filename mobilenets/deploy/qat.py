@@ -3,8 +3,9 @@
 As the TF-slim seed does (``--quantize --fine_tune_checkpoint``), QAT starts from the trained float
 model, simulates int8 in the forward pass and fine-tunes a little with a small learning rate, so the
 weights settle where int8 rounding hurts least. ``finetune`` writes the float model as a checkpoint
-and runs ``mobilenets.train.fit`` on it with ``qat=True`` (ONNX Runtime's QDQ recipe, which
-OpenVINO reads too; ``train.qat`` places the fake quantization): the same graph, data pipeline,
+and runs ``mobilenets.train.fit`` on it with ``qat=True`` and the recipe of the file it is for
+(ONNX Runtime's QDQ recipe, which OpenVINO reads too, or LiteRT's; ``train.qat`` places the fake
+quantization): the same graph, data pipeline,
 held-out split and run directory as ``mobilenets train MODEL --weights CKPT --qat``, with a
 fine-tuning schedule (SGD, Nesterov, cosine from ``lr`` to 0, no warm-up, weight decay, label
 smoothing or EMA) and the model's own normalisation (``--normalize weights``). The observers follow

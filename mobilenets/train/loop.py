@@ -113,8 +113,9 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, rep
         while run.epoch < run.epochs:  # not a range: a time budget may re-plan the epochs between them
             run.epoch += 1
             if cfg.qat:  # float for --qat-delay epochs; the observers follow the activations, then freeze
-                unwrap(run.model).fake_quantize(run.epoch > cfg.qat_delay)
-                unwrap(run.model).observe(run.epoch <= max(math.ceil(OBSERVE_FRACTION * run.epochs), cfg.qat_delay + 1))
+                qat_net = unwrap(run.model)
+                qat_net.fake_quantize(run.epoch > cfg.qat_delay)
+                qat_net.observe(run.epoch <= max(math.ceil(OBSERVE_FRACTION * run.epochs), cfg.qat_delay + 1))
             took, row = train_one_epoch(run)
             if budget is not None:
                 replan(run, budget, took)
